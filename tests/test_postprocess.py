@@ -1,0 +1,362 @@
+"""Post-processing against hand-worked values and the literal loops in ``_literal_nms``."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from _literal_nms import literal_soft_nms, literal_tiou, literal_topk
+from salad_lightning.data.mapping import TimeMapping
+from salad_lightning.models.net import SaladOutput
+from salad_lightning.models.postprocess import (
+    batched_soft_nms,
+    decode,
+    fuse_scores,
+    offsets_to_segments,
+    postprocess_batch,
+    segment_iou,
+    soft_nms,
+    topk,
+)
+
+
+def _random_case(rng: random.Random, m: int, n_labels: int = 3, distinct: bool = True):
+    segments = []
+    for _ in range(m):
+        r = rng.random()
+        if r < 0.1 and segments:  # exact duplicate: iou 1
+            segments.append(list(rng.choice(segments)))
+            continue
+        start = rng.uniform(0, 40)
+        length = 0.0 if r < 0.15 else rng.uniform(0.1, 12)  # some zero-length segments
+        segments.append([start, start + length])
+    if distinct:
+        scores = rng.sample(range(1, 10**6), m)
+        scores = [s / 10**6 for s in scores]
+    else:
+        scores = [rng.choice([0.2, 0.4, 0.6, 0.8]) for _ in range(m)]
+    labels = [rng.randrange(n_labels) for _ in range(m)]
+    return segments, scores, labels
+
+
+def _check_against_literal(segments, scores, labels, **kw):
+    ref = literal_soft_nms(segments, scores, labels, **kw)
+    seg_t = torch.tensor(segments, dtype=torch.float64).reshape(-1, 2)
+    got_seg, got_score, got_lab = soft_nms(
+        seg_t,
+        torch.tensor(scores, dtype=torch.float64),
+        torch.tensor(labels, dtype=torch.int64),
+        **kw,
+    )
+    ref_idx = [i for i, _ in ref]
+    assert got_seg.shape == (len(ref), 2)
+    torch.testing.assert_close(got_seg, seg_t[ref_idx].reshape(-1, 2), rtol=0, atol=0)
+    torch.testing.assert_close(
+        got_score, torch.tensor([s for _, s in ref], dtype=torch.float64), rtol=1e-9, atol=1e-12
+    )
+    assert got_lab.tolist() == [labels[i] for i in ref_idx]
+
+
+@pytest.mark.parametrize("class_agnostic", [False, True])
+@pytest.mark.parametrize("method", ["gaussian", "linear", "hard"])
+def test_soft_nms_matches_literal(method, class_agnostic):
+    rng = random.Random(hash((method, class_agnostic)) % 1000)
+    for _ in range(60):
+        m = rng.choice([0, 1, 2, 5, 20, 60])
+        segments, scores, labels = _random_case(rng, m)
+        _check_against_literal(
+            segments,
+            scores,
+            labels,
+            method=method,
+            sigma=rng.choice([0.1, 0.5, 1.0]),
+            iou_threshold=rng.choice([0.0, 0.3, 0.5, 0.7]),
+            min_score=rng.choice([0.0, 0.001, 0.1, 0.3]),
+            max_segments=rng.choice([None, 1, 4, 200]),
+            class_agnostic=class_agnostic,
+        )
+
+
+@pytest.mark.parametrize("class_agnostic", [False, True])
+def test_hard_nms_ties_go_to_lower_index(class_agnostic):
+    # Hard NMS never changes a score, so equal scores stay exactly equal.
+    rng = random.Random(7)
+    for _ in range(40):
+        segments, scores, labels = _random_case(rng, rng.choice([3, 10, 40]), distinct=False)
+        _check_against_literal(
+            segments, scores, labels, method="hard", class_agnostic=class_agnostic
+        )
+
+
+def test_soft_nms_hand_worked():
+    # Picks 0 (0.9). Same label: 1 ([2, 6]: inter 2, union 4 + 4 - 2 = 6, iou 1/3)
+    # decays to 0.8 exp(-(1/9) / 0.5) = 0.6406 < 0.7, so 2 (other label) comes
+    # second; 3 is disjoint and keeps 0.1.
+    segments = torch.tensor([[0.0, 4.0], [2.0, 6.0], [1.0, 3.0], [10.0, 11.0]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.1])
+    labels = torch.tensor([0, 0, 1, 0])
+    seg, sc, lab = soft_nms(segments, scores, labels, sigma=0.5)
+    decayed = 0.8 * math.exp(-(1 / 9) / 0.5)
+    assert lab.tolist() == [0, 1, 0, 0]
+    torch.testing.assert_close(sc, torch.tensor([0.9, 0.7, decayed, 0.1]))
+    assert seg.tolist() == [[0.0, 4.0], [1.0, 3.0], [2.0, 6.0], [10.0, 11.0]]
+    # Linear with threshold 0.3: 0.8 * (1 - 1/3); hard with threshold 0.3: 1 removed.
+    _, sc, _ = soft_nms(segments, scores, labels, method="linear", iou_threshold=0.3)
+    torch.testing.assert_close(sc, torch.tensor([0.9, 0.7, 0.8 * 2 / 3, 0.1]))
+    _, sc, _ = soft_nms(segments, scores, labels, method="linear", iou_threshold=0.4)
+    torch.testing.assert_close(sc, torch.tensor([0.9, 0.8, 0.7, 0.1]))
+    _, sc, lab = soft_nms(segments, scores, labels, method="hard", iou_threshold=0.3)
+    torch.testing.assert_close(sc, torch.tensor([0.9, 0.7, 0.1]))
+    # Class-agnostic hard NMS: 2 ([1, 3] inside [0, 4], iou 0.5) goes too.
+    _, sc, _ = soft_nms(
+        segments, scores, labels, method="hard", iou_threshold=0.3, class_agnostic=True
+    )
+    torch.testing.assert_close(sc, torch.tensor([0.9, 0.1]))
+    # min_score drops the decayed ones and the initially low ones; max_segments caps.
+    _, sc, _ = soft_nms(segments, scores, labels, min_score=0.65)
+    torch.testing.assert_close(sc, torch.tensor([0.9, 0.7]))
+    _, sc, _ = soft_nms(segments, scores, labels, max_segments=2)
+    torch.testing.assert_close(sc, torch.tensor([0.9, 0.7]))
+
+
+def test_batched_soft_nms_equals_per_video():
+    rng = random.Random(3)
+    B, M = 4, 30
+    cases = [_random_case(rng, M) for _ in range(B)]
+    seg = torch.tensor([c[0] for c in cases], dtype=torch.float64)
+    sc = torch.tensor([c[1] for c in cases], dtype=torch.float64)
+    lab = torch.tensor([c[2] for c in cases])
+    valid = torch.ones(B, M, dtype=torch.bool)
+    valid[1, 20:] = False
+    valid[3, :] = False
+    index, kept_score, kept = batched_soft_nms(seg, sc, lab, valid, max_segments=12)
+    for b in range(B):
+        n = int(valid[b].sum())
+        ref = literal_soft_nms(cases[b][0][:n], cases[b][1][:n], cases[b][2][:n], max_segments=12)
+        k = int(kept[b].sum())
+        assert kept[b, :k].all() and not kept[b, k:].any()
+        assert index[b, :k].tolist() == [i for i, _ in ref]
+        torch.testing.assert_close(
+            kept_score[b, :k], torch.tensor([s for _, s in ref], dtype=torch.float64)
+        )
+
+
+def test_soft_nms_argument_errors():
+    s = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="gaussian, linear, hard"):
+        soft_nms(s, torch.ones(2), torch.zeros(2), method="box")
+    with pytest.raises(ValueError, match="sigma"):
+        soft_nms(s, torch.ones(2), torch.zeros(2), sigma=0.0)
+
+
+def test_segment_iou_matches_literal():
+    rng = random.Random(11)
+    a = [_random_case(rng, 1)[0][0] for _ in range(300)]
+    b = [_random_case(rng, 1)[0][0] for _ in range(300)]
+    got = segment_iou(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
+    ref = torch.tensor([literal_tiou(x, y) for x, y in zip(a, b)], dtype=torch.float64)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
+    # Hand-worked: disjoint -> 0; union is the sum of lengths, not the hull.
+    pairs = torch.tensor(
+        [[[0.0, 2.0], [3.0, 4.0]], [[0.0, 2.0], [1.0, 4.0]], [[1.0, 1.0], [1.0, 1.0]]]
+    )
+    torch.testing.assert_close(
+        segment_iou(pairs[:, 0], pairs[:, 1]), torch.tensor([0.0, 0.25, 0.0])
+    )
+
+
+def test_offsets_to_segments_hand_worked():
+    offsets = torch.tensor([[[0.5, 0.25], [0.0, 1.0], [1.0, 0.0]]])
+    expected = torch.tensor([[[-2.0, 1.0], [1.0, 5.0], [-2.0, 2.0]]])
+    torch.testing.assert_close(offsets_to_segments(offsets, 4.0), expected)
+    two = torch.cat([offsets, offsets])
+    got = offsets_to_segments(two, torch.tensor([4.0, 2.0]))
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1], torch.tensor([[-1.0, 0.5], [1.0, 3.0], [0.0, 2.0]]))
+
+
+def _mapping_tensors(maps):
+    return [
+        torch.tensor([getattr(m, k) for m in maps], dtype=torch.float64)
+        for k in ("scale", "offset", "duration")
+    ]
+
+
+def test_decode_hand_worked():
+    maps = [
+        TimeMapping.from_clip(fps=30, stride=4, window=16, duration=3.0),
+        TimeMapping.from_clip(fps=25, stride=4, window=16, duration=10.0),
+    ]
+    seg_idx = torch.tensor(
+        [
+            [[3.0, 4.5], [-5.0, 1.0], [21.0, 30.0]],  # 0.6667..0.8667 s; clamp at 0; clamp at 3
+            [[0.0, 2.0], [7.0, 9.0], [99.0, 99.0]],  # last step is padding
+        ]
+    )
+    score = torch.tensor([[0.9, 0.5, 0.1], [0.3, 0.2, 1.0]])
+    cls = torch.tensor(
+        [
+            [[0.5, 0.1, 0.3, 0.1], [0.1, 0.2, 0.2, 0.5], [0.0, 0.4, 0.4, 0.2]],
+            [[0.7, 0.1, 0.1, 0.1], [0.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0]],
+        ]
+    )
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    dec = decode(seg_idx, score, cls, mask, *_mapping_tensors(maps))
+    for b, m in enumerate(maps):
+        np.testing.assert_allclose(
+            dec.segments[b].numpy(), m.to_seconds(seg_idx[b].numpy()), rtol=1e-6
+        )
+    np.testing.assert_allclose(dec.segments[0, 0].numpy(), [20 / 30, 26 / 30], rtol=1e-6)
+    assert dec.segments[0, 1].tolist() == [0.0, pytest.approx(12 / 30)]
+    assert dec.segments[0, 2].tolist() == [3.0, 3.0]
+    # Background column 0 is never the label, even when it is the largest; ties -> lowest.
+    assert dec.labels.tolist() == [[1, 2, 0], [0, 2, 0]]
+    torch.testing.assert_close(dec.cls_score, torch.tensor([[0.3, 0.5, 0.4], [0.1, 1.0, 1.0]]))
+    assert dec.mask.tolist() == mask.tolist()
+    torch.testing.assert_close(dec.score, score)
+
+
+def test_fuse_scores_hand_computed():
+    p_r, p_c = torch.tensor([0.8, 0.25]), torch.tensor([0.2, 1.0])
+    torch.testing.assert_close(fuse_scores(p_r, p_c), p_r)
+    torch.testing.assert_close(fuse_scores(p_r, p_c, "arithmetic"), torch.tensor([0.5, 0.625]))
+    torch.testing.assert_close(fuse_scores(p_r, p_c, "geometric"), torch.tensor([0.4, 0.5]))
+    expected = torch.tensor([0.8 * (1 - math.exp(-0.4)), 0.25 * (1 - math.exp(-2.0))])
+    torch.testing.assert_close(fuse_scores(p_r, p_c, "normalized_product", zeta=2.0), expected)
+    with pytest.raises(ValueError, match="regression, arithmetic, geometric, normalized_product"):
+        fuse_scores(p_r, p_c, "harmonic")
+
+
+def test_topk_matches_literal_with_ties():
+    rng = random.Random(5)
+    for _ in range(100):
+        m = rng.randrange(0, 30)
+        scores = [rng.choice([0.1, 0.2, 0.3, 0.5]) for _ in range(m)]
+        k = rng.randrange(0, 35)
+        seg = torch.arange(2 * m, dtype=torch.float64).view(m, 2)
+        s, sc, lab = topk(seg, torch.tensor(scores, dtype=torch.float64), torch.arange(m), k)
+        ref = literal_topk(scores, k)
+        assert lab.tolist() == ref
+        assert sc.tolist() == [scores[i] for i in ref]
+        assert s.tolist() == seg[ref].reshape(-1, 2).tolist()
+
+
+def _reference_postprocess(out, lengths, maps, W, **kw):
+    """Per video, per step, with the literal loops and TimeMapping.to_seconds."""
+    results = []
+    for b, (n, m) in enumerate(zip(lengths, maps)):
+        segs, scores, labels = [], [], []
+        for t in range(n):
+            a, e = out.offsets[b, t].tolist()
+            segs.append(m.to_seconds([t - a * W, t + e * W]).tolist())
+            p_r = 1 / (1 + math.exp(-out.score_logits[b, t].item()))
+            logits = out.cls_logits[b, t].tolist()
+            probs = [math.exp(x) / sum(math.exp(y) for y in logits) for x in logits][1:]
+            label = max(range(len(probs)), key=lambda k, pr=probs: (pr[k], -k))
+            labels.append(label)
+            if kw.get("fusion") == "arithmetic":
+                scores.append((p_r + probs[label]) / 2)
+            else:
+                scores.append(p_r)
+        if kw["nms"] == "none":
+            idx = literal_topk(scores, kw["top_k"])
+            kept = [(i, scores[i]) for i in idx]
+        else:
+            method = "hard" if kw["nms"] == "hard" else kw.get("nms_method", "gaussian")
+            kept = literal_soft_nms(
+                segs,
+                scores,
+                labels,
+                method=method,
+                max_segments=kw["max_segments"],
+                class_agnostic=kw.get("class_agnostic", False),
+            )
+            if kw["top_k"] is not None:
+                kept = kept[: kw["top_k"]]
+        results.append((kept, segs, labels))
+    return results
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"nms": "soft", "max_segments": 200, "top_k": None},
+        {"nms": "soft", "max_segments": 5, "top_k": None},
+        {"nms": "soft", "max_segments": 200, "top_k": 3, "class_agnostic": True},
+        {"nms": "soft", "nms_method": "linear", "max_segments": 200, "top_k": None},
+        {"nms": "hard", "max_segments": 200, "top_k": None, "fusion": "arithmetic"},
+        {"nms": "none", "max_segments": 200, "top_k": 4},
+    ],
+)
+def test_postprocess_batch_matches_reference(kw):
+    torch.manual_seed(0)
+    lengths, T, K, W = [12, 7, 9], 12, 4, 3.0
+    maps = [
+        TimeMapping.from_clip(fps=30, stride=4, window=16, duration=1.7),
+        TimeMapping.from_clip(fps=25, stride=4, window=16, duration=2.0),
+        TimeMapping.from_resize(length=9, duration=5.0),
+    ]
+    out = SaladOutput(
+        torch.rand(3, T, 2, dtype=torch.float64),
+        torch.randn(3, T, dtype=torch.float64) * 2,
+        torch.randn(3, T, K + 1, dtype=torch.float64),
+    )
+    frame_mask = torch.arange(T)[None] < torch.tensor(lengths)[:, None]
+    out.score_logits[~frame_mask] = 50.0  # padded steps would win if they leaked
+    scale, offset, duration = _mapping_tensors(maps)
+    got = postprocess_batch(
+        segments=offsets_to_segments(out.offsets, W),
+        score_logits=out.score_logits,
+        cls_logits=out.cls_logits,
+        frame_mask=frame_mask,
+        scale=scale,
+        offset=offset,
+        duration=duration,
+        **kw,
+    )
+    ref = _reference_postprocess(out, lengths, maps, W, **kw)
+    assert len(got) == 3
+    for g, (kept, segs, labels) in zip(got, ref):
+        idx = [i for i, _ in kept]
+        assert len(idx) > 1
+        assert g["labels"].dtype == torch.int64 and g["segments"].device.type == "cpu"
+        assert g["labels"].tolist() == [labels[i] for i in idx]
+        torch.testing.assert_close(
+            g["scores"], torch.tensor([s for _, s in kept], dtype=torch.float64)
+        )
+        torch.testing.assert_close(
+            g["segments"], torch.tensor([segs[i] for i in idx], dtype=torch.float64).reshape(-1, 2)
+        )
+        assert bool((g["scores"][1:] <= g["scores"][:-1]).all())
+
+
+def test_postprocess_batch_pre_nms_topk_and_errors():
+    torch.manual_seed(1)
+    score_logits = torch.randn(1, 10)
+    args = dict(
+        segments=offsets_to_segments(torch.rand(1, 10, 2), 2.0),
+        score_logits=score_logits,
+        cls_logits=torch.randn(1, 10, 3),
+        frame_mask=torch.ones(1, 10, dtype=torch.bool),
+        scale=torch.ones(1, dtype=torch.float64),
+        offset=torch.zeros(1, dtype=torch.float64),
+        duration=torch.full((1,), 100.0, dtype=torch.float64),
+    )
+    got = postprocess_batch(nms="none", pre_nms_topk=3, **args)[0]
+    best3 = torch.sigmoid(score_logits[0]).sort(descending=True).values[:3]
+    torch.testing.assert_close(got["scores"], best3)
+    # pre_nms_topk=3 then soft-NMS: at most those 3 proposals survive.
+    assert len(postprocess_batch(pre_nms_topk=3, min_score=0.0, **args)[0]["scores"]) == 3
+    # Half-precision outputs (autocast) are decoded in float32.
+    half = dict(args, score_logits=score_logits.bfloat16())
+    assert postprocess_batch(**half)[0]["scores"].dtype == torch.float32
+    with pytest.raises(ValueError, match="soft, hard, none"):
+        postprocess_batch(nms="greedy", **args)
+    with pytest.raises(ValueError, match="gaussian, linear"):
+        postprocess_batch(nms_method="hard", **args)
+    with pytest.raises(ValueError, match="regression, arithmetic"):
+        postprocess_batch(fusion="max", **args)
