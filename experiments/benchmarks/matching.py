@@ -69,7 +69,11 @@ def main() -> None:
     parser.add_argument("-B", type=int, default=4)
     parser.add_argument("-T", type=int, default=2304)
     parser.add_argument("-N", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads:
+        # On a busy machine the default thread pool can spin-wait and slow every op 10x.
+        torch.set_num_threads(args.threads)
 
     batch = make_batch(args.B, args.T, args.N, args.device)
     cpu_batch = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -82,7 +86,8 @@ def main() -> None:
     lit = statistics.median(
         timed(lambda: literal_algorithm1(**cpu_batch), "cpu", args.literal_repeats)
     )
-    print(f"device: {args.device}  B={args.B} T={args.T} N={args.N}")
+    threads = torch.get_num_threads()
+    print(f"device: {args.device}  B={args.B} T={args.T} N={args.N}  CPU threads: {threads}")
     print(
         f"outputs identical: {same}  (positives: {int(result.y.sum())}, alpha ones: {int(result.alpha.sum())})"
     )
