@@ -69,21 +69,29 @@ def test_output_shapes_and_ranges():
     assert bool((out.offsets >= 0).all()) and bool((out.offsets <= 1).all())
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("encoder", ["gru", "none"])
-def test_padding_does_not_leak(encoder):
-    net = _small_net(encoder)
+def test_padding_does_not_leak(encoder, device):
+    # float64 on the CPU for a tight tolerance; float32 (cuDNN) on the GPU.
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    tol = dict(rtol=1e-10, atol=1e-12) if device == "cpu" else dict(rtol=1e-4, atol=1e-5)
+    net = _small_net(encoder, dtype=dtype).to(device)
     lengths = [7, 3, 11, 5]
     T = max(lengths)
-    videos = [torch.randn(n, 6, dtype=torch.float64) for n in lengths]
-    batch = torch.full((len(videos), T, 6), 123.0, dtype=torch.float64)  # loud padding
+    videos = [torch.randn(n, 6, dtype=dtype, device=device) for n in lengths]
+    batch = torch.full((len(videos), T, 6), 123.0, dtype=dtype, device=device)  # loud padding
     for b, v in enumerate(videos):
         batch[b, : len(v)] = v
-    out = net(batch, torch.tensor(lengths))
+    # Lengths on the device work too (moved to the CPU for packing).
+    out = net(batch, torch.tensor(lengths, device=device))
     for b, v in enumerate(videos):
         alone = net(v[None])
         n = len(v)
         for got, ref in zip(out, alone):
-            torch.testing.assert_close(got[b, :n], ref[0], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(got[b, :n], ref[0], **tol)
         for got in out:
             assert bool(torch.isfinite(got[b]).all())
 

@@ -23,6 +23,8 @@ from salad_lightning.models.postprocess import (
     topk,
 )
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
 
 def _random_case(rng: random.Random, m: int, n_labels: int = 3, distinct: bool = True):
     segments = []
@@ -43,14 +45,17 @@ def _random_case(rng: random.Random, m: int, n_labels: int = 3, distinct: bool =
     return segments, scores, labels
 
 
-def _check_against_literal(segments, scores, labels, **kw):
+def _check_against_literal(segments, scores, labels, device="cpu", **kw):
     ref = literal_soft_nms(segments, scores, labels, **kw)
     seg_t = torch.tensor(segments, dtype=torch.float64).reshape(-1, 2)
-    got_seg, got_score, got_lab = soft_nms(
-        seg_t,
-        torch.tensor(scores, dtype=torch.float64),
-        torch.tensor(labels, dtype=torch.int64),
-        **kw,
+    got_seg, got_score, got_lab = (
+        x.cpu()
+        for x in soft_nms(
+            seg_t.to(device),
+            torch.tensor(scores, dtype=torch.float64, device=device),
+            torch.tensor(labels, dtype=torch.int64, device=device),
+            **kw,
+        )
     )
     ref_idx = [i for i, _ in ref]
     assert got_seg.shape == (len(ref), 2)
@@ -61,9 +66,10 @@ def _check_against_literal(segments, scores, labels, **kw):
     assert got_lab.tolist() == [labels[i] for i in ref_idx]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("class_agnostic", [False, True])
 @pytest.mark.parametrize("method", ["gaussian", "linear", "hard"])
-def test_soft_nms_matches_literal(method, class_agnostic):
+def test_soft_nms_matches_literal(method, class_agnostic, device):
     rng = random.Random(hash((method, class_agnostic)) % 1000)
     for _ in range(60):
         m = rng.choice([0, 1, 2, 5, 20, 60])
@@ -78,18 +84,34 @@ def test_soft_nms_matches_literal(method, class_agnostic):
             min_score=rng.choice([0.0, 0.001, 0.1, 0.3]),
             max_segments=rng.choice([None, 1, 4, 200]),
             class_agnostic=class_agnostic,
+            device=device,
         )
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("class_agnostic", [False, True])
-def test_hard_nms_ties_go_to_lower_index(class_agnostic):
+def test_hard_nms_ties_go_to_lower_index(class_agnostic, device):
     # Hard NMS never changes a score, so equal scores stay exactly equal.
     rng = random.Random(7)
     for _ in range(40):
         segments, scores, labels = _random_case(rng, rng.choice([3, 10, 40]), distinct=False)
         _check_against_literal(
-            segments, scores, labels, method="hard", class_agnostic=class_agnostic
+            segments, scores, labels, method="hard", class_agnostic=class_agnostic, device=device
         )
+
+
+def test_linear_full_overlap_with_zero_min_score():
+    # Identical segments: linear decay multiplies by 1 - iou = 0. The picked (removed)
+    # proposals must stay removed (no -inf * 0 = NaN resurrecting them).
+    segments = torch.tensor([[1.0, 3.0]] * 3)
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    seg, sc, lab = soft_nms(
+        segments, scores, torch.zeros(3), method="linear", iou_threshold=0.5, min_score=0.0
+    )
+    assert sc.tolist() == [pytest.approx(0.9), 0.0, 0.0]
+    assert len(seg) == 3
+    _, sc, _ = soft_nms(segments, scores, torch.zeros(3), method="linear", min_score=0.001)
+    assert sc.tolist() == [pytest.approx(0.9)]
 
 
 def test_soft_nms_hand_worked():
@@ -123,7 +145,8 @@ def test_soft_nms_hand_worked():
     torch.testing.assert_close(sc, torch.tensor([0.9, 0.7]))
 
 
-def test_batched_soft_nms_equals_per_video():
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_soft_nms_equals_per_video(device):
     rng = random.Random(3)
     B, M = 4, 30
     cases = [_random_case(rng, M) for _ in range(B)]
@@ -133,7 +156,12 @@ def test_batched_soft_nms_equals_per_video():
     valid = torch.ones(B, M, dtype=torch.bool)
     valid[1, 20:] = False
     valid[3, :] = False
-    index, kept_score, kept = batched_soft_nms(seg, sc, lab, valid, max_segments=12)
+    index, kept_score, kept = (
+        x.cpu()
+        for x in batched_soft_nms(
+            seg.to(device), sc.to(device), lab.to(device), valid.to(device), max_segments=12
+        )
+    )
     for b in range(B):
         n = int(valid[b].sum())
         ref = literal_soft_nms(cases[b][0][:n], cases[b][1][:n], cases[b][2][:n], max_segments=12)
@@ -292,7 +320,8 @@ def _reference_postprocess(out, lengths, maps, W, **kw):
         {"nms": "none", "max_segments": 200, "top_k": 4},
     ],
 )
-def test_postprocess_batch_matches_reference(kw):
+@pytest.mark.parametrize("device", DEVICES)
+def test_postprocess_batch_matches_reference(kw, device):
     torch.manual_seed(0)
     lengths, T, K, W = [12, 7, 9], 12, 4, 3.0
     maps = [
@@ -309,13 +338,13 @@ def test_postprocess_batch_matches_reference(kw):
     out.score_logits[~frame_mask] = 50.0  # padded steps would win if they leaked
     scale, offset, duration = _mapping_tensors(maps)
     got = postprocess_batch(
-        segments=offsets_to_segments(out.offsets, W),
-        score_logits=out.score_logits,
-        cls_logits=out.cls_logits,
-        frame_mask=frame_mask,
-        scale=scale,
-        offset=offset,
-        duration=duration,
+        segments=offsets_to_segments(out.offsets.to(device), W),
+        score_logits=out.score_logits.to(device),
+        cls_logits=out.cls_logits.to(device),
+        frame_mask=frame_mask.to(device),
+        scale=scale.to(device),
+        offset=offset.to(device),
+        duration=duration.to(device),
         **kw,
     )
     ref = _reference_postprocess(out, lengths, maps, W, **kw)
