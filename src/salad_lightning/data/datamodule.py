@@ -1,0 +1,319 @@
+"""``SaladDataModule``: splits, datasets and loaders from typed arguments.
+
+Defaults are THUMOS14's (train ``Validation``, validate on a 10% holdout of it,
+test ``Test``); ActivityNet 1.3 sets ``train_subset="training"``,
+``test_subset="validation"``, ``prefix="v_"``, ``resize_to=100``.
+
+Under DDP every rank builds the same datasets (cheap: annotations, file checks and
+``.npy`` headers) and :class:`BucketBatchSampler` gives each rank its own share of
+batches, for every stage. Build the ``Trainer`` with ``use_distributed_sampler=False``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from salad_lightning.data.annotations import (
+    AnnotationSet,
+    ClassIndex,
+    VideoRecord,
+    load_annotations,
+)
+from salad_lightning.data.dataset import (
+    CROP_MIN_KEEP,
+    TADDataset,
+    collate_videos,
+    max_gt_steps,
+    video_mapping,
+)
+from salad_lightning.data.features import FeatureSource
+from salad_lightning.data.sampler import BucketBatchSampler
+
+
+def holdout_split(
+    videos: list[VideoRecord], fraction: float, seed: int
+) -> tuple[list[VideoRecord], list[VideoRecord]]:
+    """Deterministic (train, val) split: a seeded permutation of the sorted video ids.
+
+    The holdout has ``round(fraction * n)`` videos, at least one (when ``fraction > 0``
+    and there are two videos or more), and never all of them.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val_holdout must be in [0, 1), found {fraction}")
+    n = len(videos)
+    n_val = 0 if fraction == 0 or n < 2 else min(n - 1, max(1, round(fraction * n)))
+    ids = sorted(v.video_id for v in videos)
+    held = {ids[i] for i in np.random.default_rng(seed).permutation(n)[:n_val]}
+    return [v for v in videos if v.video_id not in held], [v for v in videos if v.video_id in held]
+
+
+class SaladDataModule(pl.LightningDataModule):
+    """Datasets and loaders for training, validation, test and prediction.
+
+    ``num_classes``, ``class_index``, ``max_offset`` and ``feature_dim`` work before
+    ``setup`` (they read the annotation file, and one feature header for
+    ``feature_dim`` when it is not given). ``setup(stage)`` builds the datasets of the
+    stage and checks their feature files.
+
+    ``predict_path``: a folder of feature files or one file, predicted whole; each
+    video's duration and fps come from the annotation file when it lists the video,
+    else from the feature length: ``T * stride / default_fps``. Without it, predict
+    runs over every file of ``feature_dir`` (``rgb_dir``).
+    """
+
+    def __init__(
+        self,
+        *,
+        annotation_file: str | None = None,
+        feature_dir: str | None = None,
+        rgb_dir: str | None = None,
+        flow_dir: str | None = None,
+        prefix: str = "",
+        ext: str = ".npy",
+        feature_dim: int | None = None,
+        train_subset: str | list[str] = "Validation",
+        val_subset: str | list[str] | None = None,
+        val_holdout: float = 0.1,
+        split_seed: int = 0,
+        test_subset: str | list[str] | None = "Test",
+        stride: int = 4,
+        window: int = 16,
+        default_fps: float | None = None,
+        downsample: int = 1,
+        resize_to: int | None = None,
+        max_seq_len: int | None = None,
+        crop_min_keep: float = CROP_MIN_KEEP,
+        batch_size: int = 4,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        bucket: bool = True,
+        bucket_batches: int = 50,
+        skip_missing: bool = False,
+        class_index_file: str | None = None,
+        predict_path: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.source: FeatureSource | None = None
+        if predict_path is None or any(d is not None for d in (feature_dir, rgb_dir, flow_dir)):
+            self.source = FeatureSource(
+                feature_dir=feature_dir,
+                rgb_dir=rgb_dir,
+                flow_dir=flow_dir,
+                prefix=prefix,
+                ext=ext,
+                feature_dim=feature_dim,
+            )
+        self._annotations: AnnotationSet | None = None
+        self._class_index: ClassIndex | None = None
+        self._feature_dim = feature_dim
+        self.datasets: dict[str, TADDataset] = {}
+
+    # -- facts about the data ---------------------------------------------------
+    @property
+    def annotations(self) -> AnnotationSet:
+        if self._annotations is None:
+            if self.hparams.annotation_file is None:
+                raise ValueError("annotation_file is not set (only predict runs without one)")
+            given = self._given_class_index()
+            self._annotations = load_annotations(self.hparams.annotation_file, class_index=given)
+            self._class_index = self._annotations.class_index
+        return self._annotations
+
+    def _given_class_index(self) -> ClassIndex | None:
+        if self._class_index is not None:
+            return self._class_index
+        if self.hparams.class_index_file is not None:
+            self._class_index = ClassIndex.load(self.hparams.class_index_file)
+        return self._class_index
+
+    @property
+    def class_index(self) -> ClassIndex:
+        if self._given_class_index() is not None:
+            return self._class_index
+        return self.annotations.class_index
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_index)
+
+    def _mapping_kwargs(self) -> dict[str, Any]:
+        h = self.hparams
+        keys = ("stride", "window", "default_fps", "downsample", "resize_to")
+        return {k: h[k] for k in keys}
+
+    @property
+    def max_offset(self) -> int:
+        """Longest training ground truth in feature steps, rounded up (SPEC §2 default W)."""
+        train, _ = self._train_val_records()
+        return max_gt_steps(train, [video_mapping(v, **self._mapping_kwargs()) for v in train])
+
+    @property
+    def feature_dim(self) -> int:
+        """C after RGB+flow concatenation (before any resampling)."""
+        if self._feature_dim is None:
+            if self.datasets:
+                ds = next(iter(self.datasets.values()))
+                self._feature_dim = int(ds.source.load(ds.video_ids[0]).shape[1])
+            elif self.source is None:
+                raise ValueError("feature_dim: set it, or call setup('predict') first")
+            else:
+                train, _ = self._train_val_records()
+                present = self.source.missing([v.video_id for v in train])
+                present = [v.video_id for v in train if v.video_id not in set(present)]
+                if not present:
+                    raise FileNotFoundError("feature_dim: no training video has a feature file")
+                shape = self.source.scan_shape(present[0]) or self.source.load(present[0]).shape
+                self._feature_dim = int(shape[1])
+        return self._feature_dim
+
+    # -- splits -----------------------------------------------------------------
+    def _train_val_records(self) -> tuple[list[VideoRecord], list[VideoRecord]]:
+        h = self.hparams
+        train = self.annotations.select(h.train_subset)
+        if h.val_subset is not None:
+            return train, self.annotations.select(h.val_subset)
+        return holdout_split(train, h.val_holdout, h.split_seed)
+
+    def _dataset(
+        self,
+        videos: list[VideoRecord],
+        *,
+        training: bool,
+        name: str,
+        source: FeatureSource | None = None,
+    ) -> TADDataset:
+        h = self.hparams
+        source = source or self.source
+        if source is None:
+            raise ValueError(f"{name}: set feature_dir (or rgb_dir and flow_dir)")
+        return TADDataset(
+            videos,
+            source,
+            training=training,
+            max_seq_len=h.max_seq_len,
+            crop_min_keep=h.crop_min_keep,
+            skip_missing=h.skip_missing,
+            name=name,
+            **self._mapping_kwargs(),
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        h = self.hparams
+        if stage in ("fit", "validate", None):
+            train, val = self._train_val_records()
+            if stage != "validate":
+                self.datasets["train"] = self._dataset(train, training=True, name="train")
+            if val:
+                self.datasets["val"] = self._dataset(val, training=False, name="val")
+        if stage in ("test", None) and h.test_subset is not None:
+            test = self.annotations.select(h.test_subset)
+            self.datasets["test"] = self._dataset(test, training=False, name="test")
+        if stage == "predict":
+            records, source = self._predict_records()
+            self.datasets["predict"] = self._dataset(
+                records, training=False, name="predict", source=source
+            )
+
+    def _predict_records(self) -> tuple[list[VideoRecord], FeatureSource]:
+        h, src = self.hparams, self.source
+        if h.predict_path is not None and Path(h.predict_path).is_file():
+            path = Path(h.predict_path)
+            src = FeatureSource(
+                feature_dir=str(path.parent), prefix="", ext=path.suffix, feature_dim=h.feature_dim
+            )
+            ids = [path.stem]
+        else:
+            folder = Path(h.predict_path) if h.predict_path is not None else Path(src.dirs[0])
+            if not folder.is_dir():
+                raise FileNotFoundError(f"predict_path: no such file or folder: {folder}")
+            if h.predict_path is not None:
+                src = FeatureSource(
+                    feature_dir=str(folder), prefix=h.prefix, ext=h.ext, feature_dim=h.feature_dim
+                )
+            pattern = f"{src.prefix}*{src.ext}"
+            ids = sorted(p.name[len(src.prefix) : -len(src.ext)] for p in folder.glob(pattern))
+            if not ids:
+                raise FileNotFoundError(f"predict_path: no {pattern} files in {folder}")
+        known = self.annotations.videos if h.annotation_file is not None else {}
+        records = []
+        for vid in ids:
+            if vid in known:
+                duration, fps = known[vid].duration, known[vid].fps
+            else:
+                if h.default_fps is None:
+                    raise ValueError(
+                        f"predict: video {vid} is not in the annotation file; set default_fps "
+                        "(and stride) to derive its duration from its feature length"
+                    )
+                t = src.scan_shape(vid) or src.load(vid).shape
+                duration, fps = t[0] * h.stride / h.default_fps, None
+            records.append(
+                VideoRecord(vid, "predict", duration, fps, np.zeros((0, 2)), np.zeros(0, np.int64))
+            )
+        return records, src
+
+    # -- loaders ----------------------------------------------------------------
+    def _loader(self, split: str, *, training: bool) -> DataLoader:
+        h = self.hparams
+        if split not in self.datasets:
+            raise RuntimeError(f"no {split} dataset: call setup() first, or set its subset")
+        ds = self.datasets[split]
+        bs = h.batch_size if training else (h.eval_batch_size or h.batch_size)
+        sampler = BucketBatchSampler(
+            ds.sample_lengths,
+            bs,
+            shuffle=training,
+            bucket=h.bucket,
+            bucket_batches=h.bucket_batches,
+            seed=h.seed,
+        )
+        return DataLoader(
+            ds,
+            batch_sampler=sampler,
+            collate_fn=collate_videos,
+            num_workers=h.num_workers,
+            pin_memory=h.pin_memory,
+            persistent_workers=h.persistent_workers and h.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", training=True)
+
+    def full_train_dataloader(self) -> DataLoader:
+        """Every training video whole, longest first (e.g. to export per-video values)."""
+        if "train_full" not in self.datasets:
+            train, _ = self._train_val_records()
+            self.datasets["train_full"] = self._dataset(train, training=False, name="train")
+        return self._loader("train_full", training=False)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", training=False) if "val" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", training=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", training=False)
+
+    # -- checkpoints keep the class names, so predictions map back to them --------
+    def state_dict(self) -> dict[str, Any]:
+        return {"class_names": list(self.class_index.names)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = ClassIndex(tuple(state_dict["class_names"]))
+        if self._class_index is not None and self._class_index != saved:
+            raise ValueError(
+                f"the checkpoint's class index ({len(saved)} classes: {list(saved.names)[:5]}...) "
+                f"differs from this data's ({len(self._class_index)} classes: "
+                f"{list(self._class_index.names)[:5]}...)"
+            )
+        self._class_index = saved

@@ -1,0 +1,200 @@
+"""Reading one video's features from disk, and the two resamplings (SPEC §1).
+
+Layout: one file per video, ``{feature_dir}/{prefix}{video_id}{ext}``, a (T, C) array:
+
+- ``.npy``: opened memory-mapped; only the rows a sample needs are read;
+- ``.pt``: a tensor (or array) saved with ``torch.save``;
+- ``.csv``: BMN's layout, T rows of C comma-separated values, one header row allowed.
+
+With ``rgb_dir`` and ``flow_dir`` instead of ``feature_dir`` the two files are read
+and concatenated on the channel axis (RGB first).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_EXT = (".npy", ".pt", ".csv")
+
+
+def npy_shape(path: str | Path) -> tuple[int, ...]:
+    """The array shape stored in a ``.npy`` header, without reading the data."""
+    with open(path, "rb") as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, _ = read(fh)
+    return tuple(shape)
+
+
+def read_feature_file(path: str | Path) -> np.ndarray:
+    """Open one feature file; ``.npy`` stays memory-mapped (nothing is read yet)."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext == ".npy":
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    if ext == ".pt":
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, torch.Tensor):
+            return obj.detach().numpy()
+        if isinstance(obj, np.ndarray):
+            return obj
+        raise ValueError(f"{path}: expected a saved tensor, found {type(obj).__name__}")
+    if ext == ".csv":
+        with open(path) as fh:
+            first = fh.readline()
+        try:
+            [float(x) for x in first.strip().split(",") if x.strip()]
+            skip = 0
+        except ValueError:
+            skip = 1  # a header row (BMN writes column names)
+        return np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float32, ndmin=2)
+    raise ValueError(
+        f"{path}: unsupported feature file type {ext!r}; expected one of {SUPPORTED_EXT}"
+    )
+
+
+def downsample_features(x: np.ndarray, k: int) -> np.ndarray:
+    """Average groups of ``k`` consecutive steps: (T, C) -> (ceil(T / k), C).
+
+    A last, partial group (when k does not divide T) is averaged over the steps it has.
+    """
+    if k <= 1:
+        return x
+    t = x.shape[0]
+    full = (t // k) * k
+    out = x[:full].reshape(t // k, k, -1).mean(axis=1, dtype=np.float64)
+    if full < t:
+        out = np.concatenate([out, x[full:].mean(axis=0, keepdims=True, dtype=np.float64)])
+    return out.astype(np.float32)
+
+
+def resize_features(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Linear interpolation of (T, C) to (length, C).
+
+    Same as ``F.interpolate(mode="linear", align_corners=False)``: output step ``i``
+    samples the input at position ``(i + 0.5) * T / length - 0.5`` (edges clamped),
+    so each step stands for an equal share of the video (step ``i`` covers
+    ``[i, i + 1) * duration / length``).
+    """
+    if x.shape[0] == length:
+        return x
+    return F.interpolate(x.t().unsqueeze(0), size=length, mode="linear", align_corners=False)[0].t()
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """Where a video's features live and how to check them."""
+
+    feature_dir: str | None = None
+    rgb_dir: str | None = None
+    flow_dir: str | None = None
+    prefix: str = ""
+    ext: str = ".npy"
+    feature_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        two = self.rgb_dir is not None or self.flow_dir is not None
+        if two and (self.rgb_dir is None or self.flow_dir is None):
+            raise ValueError("rgb_dir and flow_dir go together: set both, or feature_dir alone")
+        if two == (self.feature_dir is not None):
+            raise ValueError("set either feature_dir, or rgb_dir and flow_dir")
+        if not self.ext.startswith("."):
+            object.__setattr__(self, "ext", "." + self.ext)
+        if self.ext.lower() not in SUPPORTED_EXT:
+            raise ValueError(f"ext {self.ext!r} is not supported; expected one of {SUPPORTED_EXT}")
+
+    @property
+    def dirs(self) -> tuple[str, ...]:
+        if self.feature_dir is not None:
+            return (self.feature_dir,)
+        return (str(self.rgb_dir), str(self.flow_dir))
+
+    def paths(self, video_id: str) -> list[Path]:
+        return [Path(d) / f"{self.prefix}{video_id}{self.ext}" for d in self.dirs]
+
+    def missing(self, video_ids: Sequence[str]) -> list[str]:
+        """The ids of the videos with at least one feature file absent."""
+        return [v for v in video_ids if not all(p.is_file() for p in self.paths(v))]
+
+    def scan_shape(self, video_id: str) -> tuple[int, int] | None:
+        """(T, C) from the ``.npy`` headers, checked; None for formats that need a full read."""
+        if self.ext.lower() != ".npy":
+            return None
+        shapes = [(p, npy_shape(p)) for p in self.paths(video_id)]
+        for p, shape in shapes:
+            self._check_shape(p, video_id, shape)
+        return self._combined_shape(video_id, shapes)
+
+    def load(self, video_id: str) -> np.ndarray:
+        """The (T, C) array (memory-mapped for one ``.npy`` file), shape-checked."""
+        arrays = []
+        for p in self.paths(video_id):
+            arr = read_feature_file(p)
+            self._check_shape(p, video_id, arr.shape)
+            arrays.append((p, arr))
+        self._combined_shape(video_id, [(p, a.shape) for p, a in arrays])
+        if len(arrays) == 1:
+            return arrays[0][1]
+        return np.concatenate([np.asarray(a, dtype=np.float32) for _, a in arrays], axis=1)
+
+    def _check_shape(self, path: Path, video_id: str, shape: tuple[int, ...]) -> None:
+        if len(shape) != 2:
+            raise ValueError(
+                f"{path} (video {video_id}): expected a 2-D (T, C) array, found shape {tuple(shape)}"
+            )
+        if shape[0] == 0 or shape[1] == 0:
+            raise ValueError(
+                f"{path} (video {video_id}): empty feature array, shape {tuple(shape)}"
+            )
+
+    def _combined_shape(
+        self, video_id: str, shapes: list[tuple[Path, tuple[int, ...]]]
+    ) -> tuple[int, int]:
+        lengths = {s[0] for _, s in shapes}
+        if len(lengths) > 1:
+            found = ", ".join(f"{p} has {s[0]}" for p, s in shapes)
+            raise ValueError(f"video {video_id}: RGB and flow lengths differ: {found} steps")
+        t, c = shapes[0][1][0], sum(s[1] for _, s in shapes)
+        if self.feature_dim is not None and c != self.feature_dim:
+            where = " + ".join(str(p) for p, _ in shapes)
+            raise ValueError(
+                f"{where} (video {video_id}): expected feature_dim {self.feature_dim}, found {c} "
+                f"(shape {tuple(s for _, s in shapes)})"
+            )
+        return t, c
+
+
+def check_finite(x: np.ndarray, where: str) -> None:
+    """Raise naming the file and the first bad step when ``x`` holds NaN or Inf."""
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+        raise ValueError(
+            f"{where}: features must be finite, found {n_nan} NaN and {n_inf} Inf values "
+            f"(first at step {bad[0][0]}, channel {bad[0][1]})"
+        )
+
+
+def expected_length(duration: float, fps: float, stride: int) -> float:
+    """Clip features expected from a video: about ``duration * fps / stride``."""
+    return duration * fps / stride
+
+
+def length_ratio_ok(length: int, expected: float, low: float = 0.5, high: float = 2.0) -> bool:
+    return expected <= 0 or low <= length / expected <= high
+
+
+def ceil_div(a: int, b: int) -> int:
+    return int(math.ceil(a / b))
