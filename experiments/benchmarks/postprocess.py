@@ -11,6 +11,18 @@ Compares, on one video of ``M`` proposals (20 classes, segments up to ~100 steps
 
 then ``postprocess_batch`` on a padded batch of B videos. Also checks that all the
 variants keep the same proposals, and that the device result equals the CPU one.
+
+Measured (M=2300, 20 classes, 200 kept, best of 5):
+
+| | 2-core dev box, loaded | H100 box, CPU (16 threads) | H100 |
+|---|---|---|---|
+| soft_nms gaussian, 1 video | 23 ms | 21 ms | 51 ms |
+| matrix variant, 1 video | 65-170 ms | 28 ms | 25 ms |
+| literal loop, 1 video | 50-170 ms | - | (CPU) 59 ms |
+| postprocess_batch B=4 | 55-90 ms | 43 ms | 55 ms |
+| postprocess_batch B=16 | - | - | 60 ms |
+
+On the GPU the loop is launch-bound, so batching videos is what pays.
 """
 
 from __future__ import annotations
