@@ -1,0 +1,437 @@
+"""The official ActivityNet temporal-detection protocol (SPEC §6) on numpy arrays.
+
+Everything here is numpy only: `python -m salad_lightning.evaluate` imports this
+module and must not pay for importing torch.
+
+Protocol, per class and per tIoU threshold (activitynet/ActivityNet,
+``Evaluation/eval_detection.py``): predictions are taken in decreasing score
+order; each one tries the ground truths of its class in its video in decreasing
+tIoU order, and the first one not yet matched with ``tIoU >= threshold`` makes it a
+true positive, otherwise it is a false positive. AP is the VOC all-point
+interpolated area under the precision envelope, with ``npos`` = the number of
+ground truths of the class (duplicates included). mAP is the mean over the classes
+present in the ground truth.
+
+Rules the official code leaves to numpy's sort, fixed here:
+
+- equal scores: lower video key first, then the prediction's position among the
+  rows of its video (so the result does not depend on how rows were split
+  across processes);
+- equal tIoUs: the ground truth listed later in its video is tried first (what
+  the official code does: it reverses numpy's ascending argsort, which keeps equal
+  values in index order);
+- zero-length segments: the official tIoU is ``0 / 0 = NaN`` for a zero-length
+  prediction against a zero-length ground truth (wherever they lie); NaN fails
+  every ``tiou < threshold`` test, so the official code matches such a pair at
+  every threshold and tries it first. It is kept, as tIoU = +inf. Against a
+  segment of positive length a zero-length one has tIoU 0.
+
+Speed, with the same result: a prediction can only be a true positive through a
+ground truth whose tIoU with it reaches the lowest threshold; those candidate
+pairs come from a range search on ground-truth starts (`_candidate_pairs`). The
+greedy matching runs as vectorised rounds of deferred acceptance, all thresholds
+at once (`_greedy`), and AP is summed over the true positives only
+(`_average_precision`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "DetectionEvaluation",
+    "evaluate_detections",
+    "match_predictions",
+    "segment_tiou",
+    "video_key",
+]
+
+
+class DetectionEvaluation(NamedTuple):
+    """Result of `evaluate_detections`.
+
+    ``labels`` are the classes present in the ground truth (ascending); ``ap`` is
+    (C, T) with one row per entry of ``labels``; ``recall`` is (T, len(top_k)).
+    """
+
+    tiou_thresholds: np.ndarray
+    labels: np.ndarray
+    ap: np.ndarray
+    mAP: np.ndarray
+    average_mAP: float
+    num_ground_truths: np.ndarray
+    top_k: tuple[int, ...]
+    recall: np.ndarray
+
+
+def video_key(video_id: str) -> int:
+    """Stable 63-bit key of a video id (BLAKE2b), usable as an int64 video index.
+
+    The command and the torchmetrics metric both use it, so they break ties among
+    equal scores in the same order.
+    """
+    digest = hashlib.blake2b(video_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _tiou(a0, a1, b0, b1) -> np.ndarray:
+    inter = np.maximum(np.minimum(a1, b1) - np.maximum(a0, b0), 0.0)
+    union = (b1 - b0) + (a1 - a0) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / union
+
+
+def segment_tiou(segments_a: np.ndarray, segments_b: np.ndarray) -> np.ndarray:
+    """Element-wise tIoU of (..., 2) segments, with the official formula.
+
+    ``union = len_a + len_b - intersection``; a zero-length segment against a
+    zero-length segment gives NaN, as in the official code.
+    """
+    a = np.asarray(segments_a, dtype=np.float64)
+    b = np.asarray(segments_b, dtype=np.float64)
+    return _tiou(a[..., 0], a[..., 1], b[..., 0], b[..., 1])
+
+
+def _check_rows(name: str, video, segments, labels, scores=None) -> tuple[np.ndarray, ...]:
+    video = np.asarray(video)
+    segments = np.asarray(segments, dtype=np.float64)
+    labels = np.asarray(labels)
+    n = len(video)
+    if video.ndim != 1 or (n and not np.issubdtype(video.dtype, np.integer)):
+        raise ValueError(
+            f"{name}_video: expected a 1-D integer array, got {video.dtype} {video.shape}"
+        )
+    if segments.size == 0:
+        segments = segments.reshape(0, 2)
+    if segments.shape != (n, 2):
+        raise ValueError(f"{name}_segments: expected shape ({n}, 2), got {segments.shape}")
+    if labels.shape != (n,) or (n and not np.issubdtype(labels.dtype, np.integer)):
+        raise ValueError(f"{name}_labels: expected {n} integers, got {labels.dtype} {labels.shape}")
+    start, end = np.ascontiguousarray(segments[:, 0]), np.ascontiguousarray(segments[:, 1])
+    if not (np.isfinite(start).all() and np.isfinite(end).all()):
+        raise ValueError(f"{name}_segments: every start and end must be finite")
+    bad = np.flatnonzero(end < start)
+    if len(bad):
+        raise ValueError(
+            f"{name}_segments: row {bad[0]} ends before it starts: [{start[bad[0]]}, {end[bad[0]]}]"
+        )
+    out = [video.astype(np.int64), start, end, labels.astype(np.int64)]
+    if scores is not None:
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape != (n,):
+            raise ValueError(f"{name}_scores: expected shape ({n},), got {scores.shape}")
+        if not np.isfinite(scores).all():
+            raise ValueError(f"{name}_scores: every score must be finite")
+        out.append(scores)
+    return tuple(out)
+
+
+def _check_thresholds(tiou_thresholds: Sequence[float]) -> np.ndarray:
+    thr = np.asarray(tiou_thresholds, dtype=np.float64).reshape(-1)
+    if thr.size == 0 or not np.all((thr > 0) & (thr <= 1)):
+        raise ValueError(f"tiou_thresholds: expected values in (0, 1], got {thr.tolist()}")
+    return thr
+
+
+def _dense(values: np.ndarray, universe: np.ndarray) -> np.ndarray:
+    """Index of each value in the sorted, unique ``universe``; -1 where absent."""
+    if len(universe) == 0:
+        return np.full(len(values), -1, dtype=np.int64)
+    top = int(universe[-1])
+    if universe[0] >= 0 and top < 1 << 22:  # small non-negative ints: a lookup table
+        table = np.full(top + 3, -1, dtype=np.int64)
+        table[universe + 1] = np.arange(len(universe))
+        return table[np.clip(values, -1, top + 1) + 1]
+    pos = np.minimum(np.searchsorted(universe, values), len(universe) - 1)
+    return np.where(universe[pos] == values, pos, -1)
+
+
+def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(owner, position) for every position in the ranges ``[lo[i], hi[i])``."""
+    counts = np.maximum(hi - lo, 0)
+    owner = np.repeat(np.arange(len(lo)), counts)
+    first = np.cumsum(counts) - counts
+    return owner, lo[owner] + np.arange(len(owner)) - first[owner]
+
+
+def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """For each element of ``sorted_keys``, the index where its run of equal keys starts."""
+    new_run = np.ones(len(sorted_keys), dtype=bool)
+    new_run[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    return np.flatnonzero(new_run)[np.cumsum(new_run) - 1]
+
+
+def _ranking(video: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Row order: score descending, then video key, then position (row order)."""
+    order = np.argsort(-scores)  # the fastest sort; runs of equal scores are fixed below
+    s = scores[order]
+    tie = s[1:] == s[:-1]
+    if tie.any():
+        run = np.concatenate([[0], np.cumsum(~tie)])
+        member = np.zeros(len(order), dtype=bool)
+        member[1:] |= tie
+        member[:-1] |= tie
+        at = np.flatnonzero(member)
+        rows = order[at]
+        order[at] = rows[np.lexsort((rows, video[rows], run[at]))]
+    return order
+
+
+def _search_keys(group: np.ndarray, start: np.ndarray):
+    """Sortable keys of (group, start) pairs and a function making query keys.
+
+    A float ``group * width + (start - base)`` when that stays far below 2**52
+    (rounding is monotone, so range queries stay exact), else complex numbers,
+    which numpy orders lexicographically.
+    """
+    base = float(start.min())
+    span = float(start.max()) - base
+    width = span + 1.0
+    if (int(group.max()) + 1) * width < 2.0**50:
+        return lambda g, x: g * width + np.clip(x - base, 0.0, span)
+    return lambda g, x: g + 1j * x
+
+
+def _candidate_pairs(pv, p0, p1, p_class, gv, g0, g1, g_class, t_min):
+    """Pairs (pred, gt, tIoU) of one video and class with tIoU >= t_min (or NaN).
+
+    Sorted by prediction, then in the order the prediction tries them: tIoU
+    descending (NaN as +inf), the later gt first among equal tIoUs.
+    """
+    videos = np.unique(gv)
+    g_video = np.searchsorted(videos, gv)
+    n_class = int(g_class.max()) + 1
+    groups, g_gid = np.unique(g_video * n_class + g_class, return_inverse=True)
+    # (video, class) -> group id; the extra last row and column (-1) catch
+    # predictions of a video or class absent from the ground truth.
+    group_of = np.full((len(videos) + 1, n_class + 1), -1, dtype=np.int64)
+    group_of[g_video, g_class] = g_gid
+    p_gid = group_of[_dense(pv, videos), p_class]
+    p_len, g_len = p1 - p0, g1 - g0
+
+    # Positive length. tIoU >= t needs hull <= length / t and, when the gt starts
+    # inside the prediction, end - gt_start >= t * length: the gt starts in
+    # [end - length / t, end - t * length]. The range is searched with a margin and
+    # the exact tIoU test follows. A group whose longest gt is shorter than
+    # t * length has no candidate (tIoU <= shorter / longer).
+    by_start = np.lexsort((g0, g_gid))
+    key = _search_keys(g_gid, g0)
+    keys = key(g_gid[by_start], g0[by_start])
+    longest = np.zeros(len(groups))
+    np.maximum.at(longest, g_gid, g_len)
+    pos = np.flatnonzero((p_gid >= 0) & (p_len > 0))
+    gid, end, length = p_gid[pos], p1[pos], p_len[pos]
+    slack = 1e-9 * (1 + np.abs(end))
+    lo = np.searchsorted(keys, key(gid, end - length / t_min * (1 + 1e-6) - slack), side="left")
+    hi = np.searchsorted(keys, key(gid, end - length * t_min * (1 - 1e-6) + slack), side="right")
+    hi = np.where(longest[gid] >= length * t_min * (1 - 1e-6), hi, lo)
+    owner, at = _expand(lo, hi)
+    pp, pg = pos[owner], by_start[at]
+
+    # Zero length: only zero-length gts of the group (tIoU 0/0 = NaN, official quirk).
+    zero_p = np.flatnonzero((p_gid >= 0) & (p_len == 0))
+    zero_g = np.flatnonzero(g_len == 0)
+    has_zero = len(zero_p) > 0 and len(zero_g) > 0
+    if has_zero:
+        zero_g = zero_g[np.argsort(g_gid[zero_g], kind="stable")]
+        lo = np.searchsorted(g_gid[zero_g], p_gid[zero_p], side="left")
+        hi = np.searchsorted(g_gid[zero_g], p_gid[zero_p], side="right")
+        owner, at = _expand(lo, hi)
+        pp = np.concatenate([pp, zero_p[owner]])
+        pg = np.concatenate([pg, zero_g[at]])
+
+    tiou = _tiou(p0[pp], p1[pp], g0[pg], g1[pg])
+    nan = np.isnan(tiou)
+    keep = nan | (tiou >= t_min)
+    tiou[nan] = np.inf
+    pp, pg, tiou = pp[keep], pg[keep], tiou[keep]
+    if has_zero:
+        order = np.lexsort((-pg, -tiou, pp))
+        return pp[order], pg[order], tiou[order]
+    # Already grouped by prediction: sort each row of candidates in a padded
+    # (prediction, candidate) table, on the complex key -tIoU + i * -gt.
+    count = np.bincount(pp, minlength=len(pv))
+    several = np.flatnonzero(count[pp] > 1)
+    if len(several):
+        first = several[_run_starts(pp[several])]
+        col = several - first
+        row = np.cumsum(col == 0) - 1
+        table = np.full((row[-1] + 1, int(col.max()) + 1), np.inf + 0j)
+        table[row, col] = -tiou[several] - 1j * pg[several]
+        perm = np.argsort(table, axis=1)
+        src = first + perm[row, col]
+        pg[several], tiou[several] = pg[src], tiou[src]
+    return pp, pg, tiou
+
+
+def _greedy(n_gt, pp, pg, tiou, grank, thr) -> tuple[np.ndarray, np.ndarray]:
+    """True positives (threshold index, prediction) of the official greedy matching.
+
+    Taking predictions one by one in rank order, each grabbing its first free
+    candidate, is serial dictatorship; with one priority order shared by every
+    ground truth (the global rank) its outcome is the one of deferred acceptance,
+    which runs in vectorised rounds: every unmatched prediction proposes to its
+    next candidate, each ground truth keeps the best-ranked proposer it has seen,
+    the others move on. All thresholds run together, keyed by (threshold, gt).
+    """
+    n_thr = len(thr)
+    count = np.bincount(pp, minlength=len(grank))
+    first = np.cumsum(count) - count
+    active = np.flatnonzero(count)
+    # One entry per (threshold, prediction) whose best candidate reaches the threshold.
+    e_thr, e_active = np.nonzero(tiou[first[active]][None, :] >= thr[:, None])
+    e_pred = active[e_active]
+    e_pos = first[e_pred]
+    e_end = e_pos + count[e_pred]
+    e_rank = grank[e_pred]
+    e_cut = thr[e_thr]
+
+    holder_rank = np.full(n_thr * n_gt, np.iinfo(np.int64).max, dtype=np.int64)
+    holder = np.full(n_thr * n_gt, -1, dtype=np.int64)
+    proposing = np.arange(len(e_pred))
+    while len(proposing):
+        key = e_thr[proposing] * n_gt + pg[e_pos[proposing]]
+        before = holder[key]
+        rank = e_rank[proposing]
+        np.minimum.at(holder_rank, key, rank)
+        won = holder_rank[key] == rank
+        holder[key[won]] = proposing[won]
+        displaced = before[won]
+        rejected = np.concatenate([proposing[~won], displaced[displaced >= 0]])
+        e_pos[rejected] += 1
+        rejected = rejected[e_pos[rejected] < e_end[rejected]]
+        proposing = rejected[tiou[e_pos[rejected]] >= e_cut[rejected]]
+    held = holder[holder >= 0]
+    return e_thr[held], e_pred[held]
+
+
+def _match(pv, p0, p1, pscore, pl, gv, g0, g1, gl, thr):
+    """True positives as (threshold index, prediction) lists, ranking, classes."""
+    order = _ranking(pv, pscore)
+    labels = np.unique(gl)
+    p_class = _dense(pl, labels)
+    if len(gv) == 0 or len(pv) == 0:
+        none = np.zeros(0, dtype=np.int64)
+        return none, none, order, labels, p_class
+    grank = np.empty(len(order), dtype=np.int64)
+    grank[order] = np.arange(len(order))
+    pairs = _candidate_pairs(pv, p0, p1, p_class, gv, g0, g1, _dense(gl, labels), thr.min())
+    return *_greedy(len(gv), *pairs, grank, thr), order, labels, p_class
+
+
+def _average_precision(tp_thr, tp_pred, order, p_class, npos, n_thr) -> np.ndarray:
+    """(C, T) VOC all-point interpolated AP, summed over the true positives only.
+
+    Recall changes only at a TP, and the precision envelope at a TP is the largest
+    precision at the same or a later TP of the class (precision only rises at a
+    TP), so the FPs only count in each TP's rank.
+    """
+    n_class = len(npos)
+    ranked = order[p_class[order] >= 0]
+    key = p_class[ranked].astype(np.int16 if n_class < 1 << 15 else np.int64)
+    ranked = ranked[np.argsort(key, kind="stable")]
+    rank = np.zeros(len(p_class), dtype=np.int64)
+    rank[ranked] = np.arange(len(ranked))
+    class_start = np.concatenate([[0], np.cumsum(np.bincount(p_class[ranked], minlength=n_class))])
+
+    c = p_class[tp_pred]
+    seg = tp_thr * n_class + c
+    k = rank[tp_pred] - class_start[c] + 1  # 1-based rank of the TP in its class
+    by_seg = np.argsort(seg * (len(p_class) + 1) + k)
+    seg, c, k, t = seg[by_seg], c[by_seg], k[by_seg], tp_thr[by_seg]
+    tp_cum = np.arange(len(seg)) - _run_starts(seg) + 1
+    precision = tp_cum / k
+    recall_step = tp_cum / npos[c] - (tp_cum - 1) / npos[c]
+    # Suffix maximum within each segment: ranks of (-segment, precision) are
+    # smaller in every later segment, so one reversed running max stays inside.
+    by_value = np.lexsort((precision, -seg))
+    value_rank = np.empty(len(seg), dtype=np.int64)
+    value_rank[by_value] = np.arange(len(seg))
+    envelope = precision[by_value[np.maximum.accumulate(value_rank[::-1])[::-1]]]
+    ap = np.bincount(c * n_thr + t, weights=recall_step * envelope, minlength=n_class * n_thr)
+    return ap.reshape(n_class, n_thr)
+
+
+def match_predictions(
+    pred_video,
+    pred_segments,
+    pred_scores,
+    pred_labels,
+    gt_video,
+    gt_segments,
+    gt_labels,
+    tiou_thresholds: Sequence[float] = (0.5,),
+) -> np.ndarray:
+    """True-positive flags (T, N_pred) of each prediction at each threshold, in input order.
+
+    Rows are flat: ``pred_video`` (N,) int video index or key, ``pred_segments``
+    (N, 2), ``pred_scores`` (N,), ``pred_labels`` (N,) int; the same for the
+    ground truth without scores. Ties follow the module docstring. Fastest when
+    the rows of a video are contiguous.
+    """
+    pv, p0, p1, pl, pscore = _check_rows(
+        "pred", pred_video, pred_segments, pred_labels, pred_scores
+    )
+    gv, g0, g1, gl = _check_rows("gt", gt_video, gt_segments, gt_labels)
+    thr = _check_thresholds(tiou_thresholds)
+    tp_thr, tp_pred = _match(pv, p0, p1, pscore, pl, gv, g0, g1, gl, thr)[:2]
+    tp = np.zeros((len(thr), len(pv)), dtype=bool)
+    tp[tp_thr, tp_pred] = True
+    return tp
+
+
+def evaluate_detections(
+    pred_video,
+    pred_segments,
+    pred_scores,
+    pred_labels,
+    gt_video,
+    gt_segments,
+    gt_labels,
+    tiou_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
+    top_k: Sequence[int] = (),
+) -> DetectionEvaluation:
+    """Per-class AP, mAP per threshold, average mAP and Recall@k (official protocol).
+
+    Inputs as in `match_predictions`. Classes are those present in ``gt_labels``;
+    a prediction of another class is a false positive of a class outside the mean,
+    so it changes nothing. Recall@k is the fraction of all ground truths matched by
+    a prediction ranked in the top k of its video (all classes together, ranked as
+    in the matching). With no ground truth at all, mAP is NaN.
+    """
+    pv, p0, p1, pl, pscore = _check_rows(
+        "pred", pred_video, pred_segments, pred_labels, pred_scores
+    )
+    gv, g0, g1, gl = _check_rows("gt", gt_video, gt_segments, gt_labels)
+    thr = _check_thresholds(tiou_thresholds)
+    top_k = tuple(int(k) for k in top_k)
+    if any(k < 1 for k in top_k):
+        raise ValueError(f"top_k: expected positive integers, got {list(top_k)}")
+    tp_thr, tp_pred, order, labels, p_class = _match(pv, p0, p1, pscore, pl, gv, g0, g1, gl, thr)
+    npos = np.bincount(_dense(gl, labels), minlength=len(labels))
+    ap = _average_precision(tp_thr, tp_pred, order, p_class, npos, len(thr))
+    mean_ap = ap.mean(axis=0) if len(labels) else np.full(len(thr), np.nan)
+
+    recall = np.zeros((len(thr), len(top_k)))
+    if top_k and len(gv):
+        by_video = order[np.argsort(pv[order], kind="stable")]
+        rank_in_video = np.empty(len(pv), dtype=np.int64)
+        rank_in_video[by_video] = np.arange(len(pv)) - _run_starts(pv[by_video])
+        for j, k in enumerate(top_k):
+            hits = rank_in_video[tp_pred] < k
+            recall[:, j] = np.bincount(tp_thr[hits], minlength=len(thr)) / len(gv)
+
+    return DetectionEvaluation(
+        tiou_thresholds=thr,
+        labels=labels,
+        ap=ap,
+        mAP=mean_ap,
+        average_mAP=float(mean_ap.mean()),
+        num_ground_truths=npos,
+        top_k=top_k,
+        recall=recall,
+    )
