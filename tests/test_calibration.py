@@ -1,0 +1,79 @@
+"""Calibration helpers, on values worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from salad_lightning.metrics.calibration import (
+    expected_calibration_error,
+    reliability_diagram_data,
+    true_positive_flags,
+)
+
+
+def test_ece_by_hand():
+    # Two bins, (0, 0.5] and (0.5, 1]:
+    #   bin 0: confidences 0.1, 0.2 (mean 0.15), none correct -> gap 0.15, weight 2/5
+    #   bin 1: 0.7, 0.8, 0.9 (mean 0.8), 2 of 3 correct -> gap 0.8 - 2/3, weight 3/5
+    # ECE = 0.4 * 0.15 + 0.6 * (0.8 - 2/3) = 0.06 + 0.08 = 0.14
+    conf = [0.1, 0.2, 0.7, 0.8, 0.9]
+    correct = [False, False, True, False, True]
+    assert expected_calibration_error(conf, correct, n_bins=2) == pytest.approx(0.14, abs=1e-12)
+    data = reliability_diagram_data(conf, correct, n_bins=2)
+    np.testing.assert_allclose(data["bin_edges"], [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(data["counts"], [2, 3])
+    np.testing.assert_allclose(data["accuracy"], [0.0, 2 / 3])
+    np.testing.assert_allclose(data["confidence"], [0.15, 0.8])
+
+
+def test_bin_edges_are_upper_closed_and_empty_bins_are_nan():
+    data = reliability_diagram_data([0.0, 0.5, 1.0, 0.25], [1, 0, 1, 1], n_bins=4)
+    # 0 and 0.25 -> bin 0 (0 joins the first bin, 0.25 is its upper edge); 0.5 -> bin 1;
+    # 1.0 -> bin 3; bin 2 is empty.
+    np.testing.assert_array_equal(data["counts"], [2, 1, 0, 1])
+    assert np.isnan(data["accuracy"][2]) and np.isnan(data["confidence"][2])
+    # |1 - 0.125| * 2/4 + |0 - 0.5| * 1/4 + |1 - 1| * 1/4
+    assert expected_calibration_error(
+        [0.0, 0.5, 1.0, 0.25], [1, 0, 1, 1], n_bins=4
+    ) == pytest.approx(0.875 * 0.5 + 0.5 * 0.25)
+
+
+def test_perfect_calibration_and_empty_input():
+    assert expected_calibration_error([1.0, 1.0, 0.0], [True, True, False]) == 0.0
+    assert np.isnan(expected_calibration_error([], []))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (([0.5, 1.5], [1, 0]), r"\[0, 1\]"),
+        (([0.5, np.nan], [1, 0]), r"\[0, 1\]"),
+        (([0.5], [1, 0]), "one length"),
+        (([0.5], [1], 0), "positive integer"),
+    ],
+)
+def test_bad_input(args, message):
+    with pytest.raises(ValueError, match=message):
+        expected_calibration_error(*args)
+
+
+def test_true_positive_flags_use_the_greedy_official_matching():
+    gt_segments = [[0.0, 10.0], [20.0, 30.0]]
+    gt_labels = [0, 1]
+    pred_segments = [
+        [1.0, 10.0],  # tIoU 0.9 with gt 0: TP
+        [0.0, 10.0],  # tIoU 1.0 but lower score: gt 0 is taken -> FP
+        [20.0, 24.0],  # tIoU 0.4 with gt 1: FP at 0.5
+        [20.0, 30.0],  # wrong class for gt 1 -> FP
+        [22.0, 30.0],  # tIoU 0.8 with gt 1: TP
+    ]
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5]
+    labels = [0, 0, 1, 0, 1]
+    tp = true_positive_flags(pred_segments, scores, labels, gt_segments, gt_labels, tiou=0.5)
+    assert tp.tolist() == [True, False, False, False, True]
+    # At 0.3 the 0.4-tIoU prediction scores first on gt 1, and the 0.8 one is left over.
+    tp = true_positive_flags(pred_segments, scores, labels, gt_segments, gt_labels, tiou=0.3)
+    assert tp.tolist() == [True, False, True, False, False]
+    assert true_positive_flags(np.zeros((0, 2)), [], [], gt_segments, gt_labels).shape == (0,)
+    assert true_positive_flags([[0, 1]], [0.5], [0], np.zeros((0, 2)), []).tolist() == [False]
