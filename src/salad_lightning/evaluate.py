@@ -1,0 +1,333 @@
+"""``python -m salad_lightning.evaluate``: detection mAP of an ActivityNet-style results file.
+
+    python -m salad_lightning.evaluate --ground-truth GT.json --predictions PRED.json \
+        [--subset NAME] [--tiou 0.3 0.4 0.5 0.6 0.7] [--json] [--ignore-unknown-labels]
+
+Reads the official formats (SPEC §1): ground truth ``{"database": {video_id:
+{"subset", "annotations": [{"label", "segment"}]}}, "taxonomy"?}``, predictions
+``{"results": {video_id: [{"label", "score", "segment"}]}}``, and runs the official
+ActivityNet protocol (`salad_lightning.metrics.functional`). Differences from the
+official script, all reported: predictions for videos outside the evaluated subset
+are ignored (the official code counts them as false positives), and a predicted
+label that the ground-truth file does not know is an error (the official code
+crashes) unless ``--ignore-unknown-labels``. Never imports torch, so it starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+from collections.abc import Sequence
+from contextlib import contextmanager
+from itertools import chain
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+
+from salad_lightning.metrics.functional import evaluate_detections, video_key
+
+__all__ = ["DEFAULT_TIOU", "InputError", "evaluate_files", "format_table", "main"]
+
+DEFAULT_TIOU = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+class InputError(ValueError):
+    """A problem with an input file, worded for the user."""
+
+
+@contextmanager
+def _no_gc():
+    """Parsed JSON holds no reference cycles, and collecting while millions of
+    small objects are created costs about as much as the parsing itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load(path: str, field: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read: {err.strerror or err}") from err
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get(field), dict):
+        raise InputError(f'{path}: expected a JSON object with a "{field}" object')
+    return data[field] if field == "results" else data
+
+
+def _segment(path: str, where: str, item: Any) -> tuple[float, float]:
+    seg = item.get("segment") if isinstance(item, dict) else None
+    try:
+        start, end = float(seg[0]), float(seg[1])
+        if len(seg) != 2 or not (np.isfinite(start) and np.isfinite(end)):
+            raise ValueError
+    except (TypeError, ValueError, IndexError) as err:
+        raise InputError(
+            f'{path}: {where}: "segment" must be [start, end] in seconds, got {seg!r}'
+        ) from err
+    if end < start:
+        raise InputError(f"{path}: {where}: segment ends before it starts: {seg!r}")
+    return start, end
+
+
+def _choose_subset(path: str, database: dict[str, Any], subset: str | None) -> set[str | None]:
+    names = {v.get("subset") if isinstance(v, dict) else None for v in database.values()}
+    listed = ", ".join(sorted(repr(n) for n in names))
+    if subset is None:
+        if len(names) > 1:
+            raise InputError(f"{path}: several subsets ({listed}); choose one with --subset")
+        return names
+    chosen = {n for n in names if isinstance(n, str) and n.lower() == subset.lower()}
+    if not chosen:
+        raise InputError(
+            f"{path}: no subset named {subset!r} (case-insensitive); subsets: {listed}"
+        )
+    return chosen
+
+
+def _ground_truth(path: str, subset: str | None):
+    data = _load(path, "database")
+    database = data["database"]
+    chosen = _choose_subset(path, database, subset)
+    known: set[str] = set()
+    for node in data.get("taxonomy") or []:
+        if isinstance(node, dict) and isinstance(node.get("nodeName"), str):
+            known.add(node["nodeName"])
+    videos, rows = [], []
+    for vid, info in database.items():
+        annotations = info.get("annotations", []) if isinstance(info, dict) else None
+        if not isinstance(annotations, list):
+            raise InputError(f'{path}: video {vid!r}: "annotations" must be a list')
+        in_subset = info.get("subset") in chosen
+        if in_subset:
+            videos.append(vid)
+        for j, ann in enumerate(annotations):
+            label = ann.get("label") if isinstance(ann, dict) else None
+            if not isinstance(label, str):
+                raise InputError(f'{path}: video {vid!r}, annotation {j}: "label" must be a string')
+            known.add(label)
+            if in_subset:
+                rows.append((vid, label, *_segment(path, f"video {vid!r}, annotation {j}", ann)))
+    classes = sorted({r[1] for r in rows})
+    if not classes:
+        raise InputError(
+            f"{path}: no ground-truth annotation in subset(s) {sorted(map(str, chosen))}"
+        )
+    return videos, rows, classes, known
+
+
+def _bad_prediction(path: str, results: dict[str, Any], video_index: dict[str, int]) -> InputError:
+    """The slow second look that names the first malformed prediction."""
+    for vid, items in results.items():
+        if vid not in video_index:
+            continue
+        for j, r in enumerate(items):
+            where = f"video {vid!r}, prediction {j}"
+            if not isinstance(r, dict) or not {"label", "score", "segment"} <= r.keys():
+                return InputError(
+                    f'{path}: {where}: expected "label", "score" and "segment", got {r!r}'
+                )
+            _segment(path, where, r)
+            if (
+                isinstance(r["score"], bool)
+                or not isinstance(r["score"], (int, float))
+                or not np.isfinite(r["score"])
+            ):
+                return InputError(
+                    f'{path}: {where}: "score" must be a finite number, got {r["score"]!r}'
+                )
+    return InputError(f"{path}: unreadable predictions")
+
+
+def _predictions(path: str, video_index: dict[str, int]):
+    """(video index, labels, segments, scores, predictions outside the subset).
+
+    Everything runs in C-level loops (map, itemgetter, fromiter); only when that
+    fails does a Python loop look for the culprit.
+    """
+    results = _load(path, "results")
+    kept, outside = [], 0
+    for vid, items in results.items():
+        if not isinstance(items, list):
+            raise InputError(f"{path}: video {vid!r}: expected a list of predictions")
+        if vid in video_index:
+            kept.append((video_index[vid], items))
+        else:
+            outside += len(items)
+    items = list(chain.from_iterable(x for _, x in kept))
+    n = len(items)
+    video = np.repeat(np.array([i for i, _ in kept], dtype=np.int64), [len(x) for _, x in kept])
+    try:
+        labels = list(map(itemgetter("label"), items))
+        score = np.fromiter(map(itemgetter("score"), items), dtype=np.float64, count=n)
+        segments = list(map(itemgetter("segment"), items))
+        if (np.fromiter(map(len, segments), dtype=np.int64, count=n) != 2).any():
+            raise ValueError
+        seg = np.fromiter(chain.from_iterable(segments), dtype=np.float64, count=2 * n).reshape(
+            n, 2
+        )
+        if not (np.isfinite(seg).all() and np.isfinite(score).all()):
+            raise ValueError
+    except (KeyError, TypeError, ValueError) as err:
+        raise _bad_prediction(path, results, video_index) from err
+    bad = np.flatnonzero(seg[:, 1] < seg[:, 0])
+    if len(bad):
+        vid = next(v for v, i in video_index.items() if i == video[bad[0]])
+        raise InputError(
+            f"{path}: video {vid!r}: a prediction ends before it starts: {segments[bad[0]]!r}"
+        )
+    return video, labels, seg, score, outside
+
+
+def evaluate_files(
+    ground_truth: str,
+    predictions: str,
+    subset: str | None = None,
+    tiou_thresholds: Sequence[float] = DEFAULT_TIOU,
+    ignore_unknown_labels: bool = False,
+) -> tuple[dict[str, Any], list[str]]:
+    """(result object as printed by ``--json``, notes for the user)."""
+    with _no_gc():
+        return _evaluate_files(
+            ground_truth, predictions, subset, tiou_thresholds, ignore_unknown_labels
+        )
+
+
+def _evaluate_files(ground_truth, predictions, subset, tiou_thresholds, ignore_unknown_labels):
+    videos, gt_rows, classes, known = _ground_truth(ground_truth, subset)
+    # Videos are indexed in the order of their key, so equal scores are broken
+    # exactly as the torchmetrics metric breaks them.
+    keys = np.array([video_key(v) for v in videos], dtype=np.int64)
+    video_index = dict(zip(videos, np.argsort(np.argsort(keys)).tolist()))
+    label_index = {name: i for i, name in enumerate(classes)}
+    for name in sorted(known - set(classes)):  # valid classes with no gt here
+        label_index[name] = len(label_index)
+
+    pred_video, labels, seg, score, outside = _predictions(predictions, video_index)
+    n = len(score)
+
+    try:
+        unknown = [label for label in set(labels) if label not in label_index]
+    except TypeError as err:  # an unhashable label
+        raise InputError(f'{predictions}: every "label" must be a string') from err
+    notes = []
+    if unknown:
+        count = sum(1 for label in labels if label not in label_index)
+        if not ignore_unknown_labels:
+            raise InputError(
+                f"{predictions}: label(s) not in the ground truth: {sorted(map(str, unknown))[:10]} "
+                f"({count} predictions); pass --ignore-unknown-labels to count them as false positives"
+            )
+        notes.append(
+            f"{count} predictions with labels unknown to the ground truth were counted as false "
+            "positives of classes outside the mean (they do not change mAP)"
+        )
+        for name in unknown:
+            label_index[name] = len(label_index)
+    if outside:
+        notes.append(
+            f"{outside} predictions for videos outside the evaluated subset were ignored "
+            "(the official code would count them as false positives)"
+        )
+
+    result = evaluate_detections(
+        pred_video,
+        seg,
+        score,
+        np.fromiter(map(label_index.__getitem__, labels), dtype=np.int64, count=n),
+        np.array([video_index[r[0]] for r in gt_rows], dtype=np.int64),
+        np.array([r[2:] for r in gt_rows], dtype=np.float64),
+        np.array([label_index[r[1]] for r in gt_rows], dtype=np.int64),
+        tiou_thresholds=tiou_thresholds,
+    )
+    summary = {
+        "tiou_thresholds": [float(t) for t in result.tiou_thresholds],
+        "mAP": [float(v) for v in result.mAP],
+        "average_mAP": result.average_mAP,
+        "per_class": {
+            classes[c]: [float(v) for v in row] for c, row in zip(result.labels, result.ap)
+        },
+    }
+    notes.insert(
+        0,
+        f"{len(videos)} videos, {len(gt_rows)} ground truths of {len(classes)} classes, "
+        f"{n} predictions evaluated",
+    )
+    return summary, notes
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """mAP per threshold and average, then per-class AP, in percent."""
+    thr = summary["tiou_thresholds"]
+    width = max([len("per-class AP (%)")] + [len(name) for name in summary["per_class"]])
+    head = f"{'tIoU':<{width}}" + "".join(f"{t:>8g}" for t in thr) + f"{'average':>9}"
+    lines = [head, f"{'mAP (%)':<{width}}" + "".join(f"{100 * v:8.2f}" for v in summary["mAP"])]
+    lines[-1] += f"{100 * summary['average_mAP']:9.2f}"
+    lines += ["", f"{'per-class AP (%)':<{width}}" + "".join(f"{t:>8g}" for t in thr)]
+    for name, row in summary["per_class"].items():
+        lines.append(f"{name:<{width}}" + "".join(f"{100 * v:8.2f}" for v in row))
+    return "\n".join(lines)
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"tIoU thresholds must be in (0, 1], got {text}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m salad_lightning.evaluate",
+        description="Official ActivityNet detection mAP of a results JSON (see docs/evaluation.md).",
+    )
+    parser.add_argument("--ground-truth", required=True, help="annotation JSON with a 'database'")
+    parser.add_argument("--predictions", required=True, help="results JSON with a 'results' object")
+    parser.add_argument(
+        "--subset",
+        help="subset to evaluate, case-insensitive (required when the file has several)",
+    )
+    parser.add_argument(
+        "--tiou",
+        type=_threshold,
+        nargs="+",
+        default=list(DEFAULT_TIOU),
+        help="tIoU thresholds (default: 0.3 0.4 0.5 0.6 0.7; ActivityNet uses 0.5 ... 0.95)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument(
+        "--ignore-unknown-labels",
+        action="store_true",
+        help="count predictions whose label the ground truth lacks as false positives instead of failing",
+    )
+    args = parser.parse_args(argv)
+    try:
+        summary, notes = evaluate_files(
+            args.ground_truth, args.predictions, args.subset, args.tiou, args.ignore_unknown_labels
+        )
+    except InputError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        for note in notes:
+            print(note, file=sys.stderr)
+        print(json.dumps(summary))
+    else:
+        print("\n".join(notes) + "\n\n" + format_table(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
