@@ -277,6 +277,10 @@ class _Recorder(pl.LightningModule):
     def test_step(self, batch, _):
         self._step(batch, "test")
 
+    def predict_step(self, batch, _):
+        _check_batch(batch, self.c)
+        return [m["video_id"] for m in batch["meta"]]
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
@@ -304,6 +308,14 @@ def test_lightning_fit_validate_test(thumos_folder, quiet, tmp_path):
     assert sum(len(b) for b in model.seen["val"]) == 2 * 20
     trainer.test(model, datamodule=dm)
     assert sorted(v for b in model.seen["test"] for v in b) == sorted(dm.datasets["test"].video_ids)
+    from conftest import write_features
+
+    write_features(tmp_path / "new", {f"new{i}": 20 + i for i in range(5)}, 8)
+    dm = SaladDataModule(predict_path=str(tmp_path / "new"), default_fps=30.0, eval_batch_size=2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+        predicted = trainer.predict(model, datamodule=dm)
+    assert sorted(v for b in predicted for v in b) == [f"new{i}" for i in range(5)]
 
 
 def _ddp_worker(rank, world, init_file, folder, out):

@@ -305,7 +305,8 @@ def test_wrong_dimension_fails_at_construction(make_folder):
         TADDataset(ann.select("train"), src)
 
 
-def test_nan_fails_on_load_naming_the_file(make_folder):
+@pytest.mark.parametrize("resize_to", [None, 50])
+def test_nan_fails_on_load_naming_the_file(make_folder, resize_to):
     folder = _three_videos(make_folder, dim=4)
     path = f"{folder.feature_dir}/vid1.npy"
     x = np.load(path)
@@ -314,6 +315,7 @@ def test_nan_fails_on_load_naming_the_file(make_folder):
     ds = TADDataset(
         load_annotations(folder.annotation_file).select("train"),
         FeatureSource(feature_dir=folder.feature_dir),
+        resize_to=resize_to,
     )
     ds[0]
     with pytest.raises(

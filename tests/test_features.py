@@ -51,13 +51,18 @@ def test_downsample_by_hand():
 
 
 def test_resize_by_hand_and_like_interpolate():
-    x = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    x = np.array([[0.0], [1.0], [2.0], [3.0]], dtype=np.float32)
     # output i samples input position (i + 0.5) * T / L - 0.5, clamped at the edges
     assert resize_features(x, 2)[:, 0].tolist() == [0.5, 2.5]
     assert resize_features(x, 8)[:, 0].tolist() == [0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3]
-    y = torch.randn(37, 5)
-    ref = F.interpolate(y.t()[None], size=100, mode="linear", align_corners=False)[0].t()
-    torch.testing.assert_close(resize_features(y, 100), ref)
+    assert resize_features(x[:1], 3)[:, 0].tolist() == [0, 0, 0]
+    for t in (37, 100, 1000):
+        y = torch.randn(t, 5)
+        ref = F.interpolate(y.t()[None], size=100, mode="linear", align_corners=False)[0].t()
+        got = resize_features(y.numpy(), 100)
+        assert got.dtype == np.float32
+        torch.testing.assert_close(torch.from_numpy(got), ref)
+    y = np.zeros((37, 5), np.float32)
     assert resize_features(y, 37) is y
 
 

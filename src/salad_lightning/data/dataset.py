@@ -241,14 +241,14 @@ class TADDataset(Dataset):
         if training and self.max_seq_len is not None and total > self.max_seq_len:
             start = int(torch.randint(0, total - self.max_seq_len + 1, (1,)).item())
             stop = start + self.max_seq_len
-        if self.resize_to is not None:
-            x = np.array(downsample_features(raw, self.downsample), dtype=np.float32)
-            check_finite(x, where)
-            x = resize_features(torch.from_numpy(x), self.resize_to)[start:stop].numpy()
-        else:
+        if self.resize_to is not None:  # the whole file is read and checked
+            check_finite(raw, where)
+            x = resize_features(downsample_features(raw, self.downsample), self.resize_to)
+            x = np.array(x[start:stop], dtype=np.float32)  # a copy, off the mmap
+        else:  # only the rows of the crop are read and checked
             k = self.downsample
-            x = np.array(raw[start * k : stop * k], dtype=np.float32)  # a copy, off the mmap
-            check_finite(x, where)
+            x = np.array(raw[start * k : stop * k], dtype=np.float32)
+            check_finite(x, f"{where}, rows {start * k}:{start * k + len(x)}" if start else where)
             x = downsample_features(x, k)
         return np.ascontiguousarray(x, dtype=np.float32), start, stop, total
 
