@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from _reference_eval import reference_evaluate
+from salad_lightning.evaluate import evaluate_files
 from salad_lightning.metrics import TemporalActionDetectionMAP
 from salad_lightning.metrics.functional import evaluate_detections, video_key
 
@@ -140,6 +143,51 @@ def test_reset_and_per_class_table():
     metric.reset()
     metric.update(preds[:2], targets[:2])
     assert_same(metric.compute(), run_metric(preds, targets, [[0, 1]]))
+
+
+def test_metric_and_command_agree_even_on_equal_scores(tmp_path):
+    # Scores rounded to 0.1 make many ties across videos: the metric and the command
+    # both order them by the video key, so they agree exactly.
+    preds, targets = make_videos(n_videos=7)
+    for p in preds:
+        p["scores"] = np.round(p["scores"], 1)
+    names = ["c0", "c1", "c2"]
+    database = {
+        t["video_id"]: {
+            "subset": "test",
+            "annotations": [
+                {"label": names[c], "segment": s.tolist()}
+                for c, s in zip(t["labels"], t["segments"])
+            ],
+        }
+        for t in targets
+    }
+    results = {
+        p["video_id"]: [
+            {"label": names[c], "score": float(x), "segment": s.tolist()}
+            for c, x, s in zip(p["labels"], p["scores"], p["segments"])
+        ]
+        for p in preds
+    }
+    (tmp_path / "gt.json").write_text(json.dumps({"database": database}))
+    (tmp_path / "pred.json").write_text(json.dumps({"results": results}))
+    summary, _ = evaluate_files(
+        str(tmp_path / "gt.json"), str(tmp_path / "pred.json"), tiou_thresholds=THRESHOLDS
+    )
+    values = run_metric(preds, targets, [[0, 1, 2], [3, 4, 5, 6]])
+    assert summary["mAP"] == [values[f"mAP@{t:g}"].item() for t in THRESHOLDS]
+    assert summary["per_class"] == {
+        names[c]: row
+        for c, row in zip(values["classes_present"].tolist(), values["per_class_ap"].tolist())
+    }
+    # The ties matter here: ordering the videos by position instead of key differs.
+    pv, ps, sc, pl, gv, gs, gl = flat(preds, targets)
+    position = {k: i for i, k in enumerate(dict.fromkeys(gv.tolist() + pv.tolist()))}
+    by_position = evaluate_detections(
+        np.array([position[k] for k in pv.tolist()]), ps, sc, pl,
+        np.array([position[k] for k in gv.tolist()]), gs, gl, tiou_thresholds=THRESHOLDS,
+    )  # fmt: skip
+    assert by_position.mAP.tolist() != summary["mAP"]
 
 
 def test_no_ground_truth_gives_nan():
