@@ -1,0 +1,256 @@
+"""The SALAD *system*: wires SaladNet, the criterion, post-processing and the metrics.
+
+The network, the loss and the decoding are plain PyTorch modules/functions
+(``models/``, ``losses/``); this class only connects them to Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from salad_lightning.losses.criterion import SaladCriterion
+from salad_lightning.metrics import TemporalActionDetectionMAP
+from salad_lightning.metrics.calibration import expected_calibration_error, true_positive_flags
+from salad_lightning.models.postprocess import offsets_to_segments, postprocess_batch
+from salad_lightning.utils.frozen import FrozenAlpha
+
+STAT_KEYS = ("pruned_share", "gt_matched_share", "positives_per_video")
+
+
+class SaladLitModule(pl.LightningModule):
+    """Training, evaluation and prediction of a :class:`~salad_lightning.models.net.SaladNet`.
+
+    Args:
+        net: the network (a plain ``nn.Module`` returning ``SaladOutput``).
+        loss: the criterion (Eq. 2-4), called with ``cls_only=True`` during the
+            classification-head pre-training epochs.
+        optimizer: a partial taking the parameters (Hydra ``_partial_: true``).
+        scheduler: optional partial taking the optimiser.
+        max_offset: ``W`` of SPEC §2 in feature steps; ``None`` takes the
+            datamodule's (the longest training ground truth, rounded up). Saved in
+            the checkpoint as a buffer, so test and predict use the training value.
+        cls_pretrain_epochs: epochs that train the classification head alone.
+        postprocess: keyword arguments of :func:`postprocess_batch` (fusion, NMS, top-k).
+        tiou_thresholds: thresholds of the validation/test mAP.
+        class_names: label names in class-index order; ``None`` takes the datamodule's.
+        calibration_bins: bins of the expected calibration error.
+        frozen_alpha_path: ``.npz`` of per-video alpha written by a trained run
+            (ablation ``pruning=frozen``).
+        compile: ``torch.compile`` the network's heads (GPU only pays off).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: SaladCriterion,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        *,
+        max_offset: float | None = None,
+        cls_pretrain_epochs: int = 0,
+        postprocess: dict[str, Any] | None = None,
+        tiou_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
+        class_names: Sequence[str] | None = None,
+        calibration_bins: int = 15,
+        frozen_alpha_path: str | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
+        self.net = net
+        self.criterion = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.cls_pretrain_epochs = int(cls_pretrain_epochs)
+        self.postprocess_kwargs = dict(postprocess or {})
+        self.tiou_thresholds = tuple(float(t) for t in tiou_thresholds)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.calibration_bins = int(calibration_bins)
+        self.frozen = FrozenAlpha.load(frozen_alpha_path) if frozen_alpha_path else None
+        self.compile = bool(compile)
+        self.register_buffer("max_offset", torch.tensor(float(max_offset or 0.0)))
+        self.val_map = TemporalActionDetectionMAP(tiou_thresholds=self.tiou_thresholds)
+        self.test_map = TemporalActionDetectionMAP(tiou_thresholds=self.tiou_thresholds)
+        self._calib: list[tuple[np.ndarray, np.ndarray]] = []
+        self.test_outputs: list[dict[str, Any]] = []
+        self.last_eval: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if dm is None:
+            return
+        if float(self.max_offset) <= 0:
+            if getattr(dm, "max_offset", None) is None:
+                raise ValueError(
+                    "model.max_offset is null and the datamodule has no training split to "
+                    "compute it from; pass model.max_offset=<steps> (it is stored in checkpoints)"
+                )
+            self.max_offset.fill_(float(dm.max_offset))
+        if self.class_names is None and getattr(dm, "class_index", None) is not None:
+            self.class_names = list(dm.class_index.names)
+        if self.compile and stage == "fit":
+            self.net = torch.compile(self.net, dynamic=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["class_names"] = self.class_names
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get("class_names"):
+            self.class_names = list(checkpoint["class_names"])
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None):
+        """Inference: the raw network outputs (see ``SaladOutput``)."""
+        return self.net(features, lengths)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        # Packing needs the lengths on the host; keep a host copy so that the
+        # training step never waits for the device to hand them back.
+        lengths_cpu = batch["lengths"]
+        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        batch["lengths_cpu"] = lengths_cpu
+        return batch
+
+    def _segments(self, batch) -> tuple[Any, torch.Tensor]:
+        out = self.net(batch["features"], batch.get("lengths_cpu", batch["lengths"].cpu()))
+        return out, offsets_to_segments(out.offsets, self.max_offset)
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        out, segments = self._segments(batch)
+        frozen_alpha = self.frozen.batch_alpha(batch, segments.device) if self.frozen else None
+        result = self.criterion(
+            segments,
+            out.score_logits,
+            out.cls_logits,
+            batch["gt_segments"],
+            batch["gt_labels"],
+            batch["gt_mask"],
+            batch["frame_mask"],
+            cls_only=self.current_epoch < self.cls_pretrain_epochs,
+            frozen_alpha=frozen_alpha,
+        )
+        bs = batch["features"].shape[0]
+        # Tensors go to the logger as they are: Lightning reduces them on the
+        # device and reads them back only when it writes a log line.
+        logs = {
+            "train/loss": result.total,
+            "train/loss_sa": result.loss_sa,
+            "train/loss_reg": result.loss_reg,
+            "train/loss_cls": result.loss_cls,
+        }
+        logs.update({f"train/{k}": result.stats[k] for k in STAT_KEYS})
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=bs)
+        return result.total
+
+    # -------------------------------------------------------------- evaluation
+    def _predict_batch(self, batch) -> list[dict[str, torch.Tensor]]:
+        out, segments = self._segments(batch)
+        return postprocess_batch(
+            segments=segments,
+            score_logits=out.score_logits,
+            cls_logits=out.cls_logits,
+            frame_mask=batch["frame_mask"],
+            scale=batch["scale"],
+            offset=batch["offset"],
+            duration=batch["duration"],
+            **self.postprocess_kwargs,
+        )
+
+    @staticmethod
+    def _targets(batch) -> list[dict[str, Any]]:
+        return [
+            {
+                "video_id": m["video_id"],
+                "segments": torch.as_tensor(np.asarray(m["gt_segments_sec"]), dtype=torch.float64).reshape(-1, 2),
+                "labels": torch.as_tensor(np.asarray(m["gt_labels"]), dtype=torch.long).reshape(-1),
+            }
+            for m in batch["meta"]
+        ]
+
+    def _eval_step(self, batch, metric: TemporalActionDetectionMAP) -> list[dict[str, Any]]:
+        preds = self._predict_batch(batch)
+        targets = self._targets(batch)
+        for p, t in zip(preds, targets):
+            p["video_id"] = t["video_id"]
+        metric.update(preds, targets)
+        for p, t in zip(preds, targets):
+            tp = true_positive_flags(
+                p["segments"].numpy(), p["scores"].numpy(), p["labels"].numpy(),
+                t["segments"].numpy(), t["labels"].numpy(), tiou=0.5,
+            )
+            self._calib.append((p["scores"].numpy(), tp))
+        return [{**p, "gt": t} for p, t in zip(preds, targets)]
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_map)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.test_outputs.extend(self._eval_step(batch, self.test_map))
+
+    def on_validation_epoch_start(self) -> None:
+        self._calib = []
+
+    def on_test_epoch_start(self) -> None:
+        self._calib = []
+        self.test_outputs = []
+
+    def _finish_eval(self, split: str, metric: TemporalActionDetectionMAP) -> None:
+        values = metric.compute()
+        metric.reset()
+        logs = {f"{split}/{k}": v for k, v in values.items() if k.startswith("mAP")}
+        conf, correct = self._gather_calibration()
+        ece = expected_calibration_error(conf, correct, n_bins=self.calibration_bins)
+        logs[f"{split}/ece"] = torch.tensor(float(ece))
+        # The metric already reduced across processes: every rank logs the same value.
+        self.log_dict(logs, sync_dist=False)
+        self.last_eval = {"split": split, "values": values, "confidences": conf, "correct": correct}
+
+    def _gather_calibration(self) -> tuple[np.ndarray, np.ndarray]:
+        conf = np.concatenate([c for c, _ in self._calib]) if self._calib else np.zeros(0)
+        correct = np.concatenate([k for _, k in self._calib]) if self._calib else np.zeros(0, bool)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (conf, correct))
+            conf = np.concatenate([g[0] for g in gathered])
+            correct = np.concatenate([g[1] for g in gathered])
+        return conf, correct.astype(bool)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_map.reset()
+            return
+        self._finish_eval("val", self.val_map)
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test", self.test_map)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self.test_outputs)
+            seen, merged = set(), []
+            for part in gathered:
+                for item in part:
+                    if item["video_id"] not in seen:
+                        seen.add(item["video_id"])
+                        merged.append(item)
+            self.test_outputs = merged
+
+    def predict_step(self, batch, batch_idx: int) -> list[dict[str, Any]]:
+        preds = self._predict_batch(batch)
+        for p, m in zip(preds, batch["meta"]):
+            p["video_id"] = m["video_id"]
+        return preds

@@ -1,0 +1,200 @@
+"""The importable entry points behind ``python -m salad_lightning.run``.
+
+``train(cfg)`` fits then tests; ``test(cfg)`` and ``predict(cfg)`` load a
+checkpoint. Everything is built from the composed config through
+:func:`salad_lightning.utils.instantiate.build`; nothing below this module sees
+a config object.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from salad_lightning import reporting
+from salad_lightning.utils.instantiate import build, build_list
+from salad_lightning.utils.io import atomic_write_json, atomic_write_text
+from salad_lightning.utils.loggers import closing_loggers, log_images
+
+log = logging.getLogger(__name__)
+
+
+def _prepare(cfg: DictConfig) -> tuple[Any, Any, Path]:
+    """Seed, generate data if the dataset asks for it, build the datamodule and model."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(int(cfg.seed), workers=True)
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    if cfg.dataset.get("generate") is not None:
+        build(cfg.dataset.generate)
+    datamodule = build(cfg.dataset.datamodule)
+    model = build(cfg.model)
+    atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    return datamodule, model, out_dir
+
+
+def _trainer(cfg: DictConfig, out_dir: Path) -> tuple[pl.Trainer, list[Any]]:
+    loggers = build_list(cfg.get("logger"))
+    callbacks = build_list(cfg.get("callbacks"))
+    trainer = build(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:  # the whole resolved config goes to every dashboard
+        lg.log_hyperparams(resolved)
+    return trainer, loggers
+
+
+def _check_classes(cfg: DictConfig, datamodule: Any) -> None:
+    """The config's class count must match the annotation file's class index."""
+    names = datamodule.class_index.names
+    if len(names) != int(cfg.dataset.num_classes):
+        raise ValueError(
+            f"dataset.num_classes is {cfg.dataset.num_classes} but the annotation file "
+            f"{cfg.dataset.datamodule.annotation_file} has {len(names)} classes; "
+            "set dataset.num_classes to match"
+        )
+
+
+def _finish_test(model: Any, trainer: pl.Trainer, loggers: list[Any], out_dir: Path, cfg) -> dict:
+    """Write results.json, tables and plots of the test epoch; print the table."""
+    names = model.class_names or []
+    summary = reporting.summarise(model.last_eval, names)
+    if trainer.is_global_zero:
+        atomic_write_json(out_dir / "results.json", reporting.results_json(model.test_outputs, names))
+        atomic_write_text(out_dir / "per_class_ap.md", reporting.per_class_markdown(summary))
+        images = reporting.write_plots(
+            model.test_outputs,
+            names,
+            model.last_eval.get("confidences"),
+            model.last_eval.get("correct"),
+            out_dir / "plots",
+            num_timelines=int(cfg.get("num_timeline_plots", 4)),
+        )
+        log_images(loggers, images)
+        print(reporting.map_table(summary))
+    return summary
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit on the training split, then test the last checkpoint. Returns the test metrics."""
+    datamodule, model, out_dir = _prepare(cfg)
+    trainer, loggers = _trainer(cfg, out_dir)
+    with closing_loggers(loggers):
+        datamodule.setup("fit")
+        _check_classes(cfg, datamodule)
+        atomic_write_json(out_dir / "class_index.json", {"names": list(datamodule.class_index.names)})
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        summary: dict[str, Any] = {}
+        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if cfg.get("test_after_training", True):
+            ckpt = _last_checkpoint(trainer)
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+            summary = _finish_test(model, trainer, loggers, out_dir, cfg)
+        summary["val"] = val
+        if trainer.is_global_zero:
+            atomic_write_json(out_dir / "metrics.json", summary)
+        return summary
+
+
+def _last_checkpoint(trainer: pl.Trainer) -> str | None:
+    cb = trainer.checkpoint_callback
+    path = getattr(cb, "last_model_path", "") if cb is not None else ""
+    return path or None
+
+
+def _require_ckpt(cfg: DictConfig, mode: str) -> str:
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt:
+        raise ValueError(f"mode={mode} needs ckpt_path=<file.ckpt>")
+    if not Path(ckpt).is_file():
+        raise FileNotFoundError(f"ckpt_path {ckpt} does not exist")
+    return str(ckpt)
+
+
+def test(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate a checkpoint on the test split."""
+    ckpt = _require_ckpt(cfg, "test")
+    datamodule, model, out_dir = _prepare(cfg)
+    trainer, loggers = _trainer(cfg, out_dir)
+    with closing_loggers(loggers):
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+        summary = _finish_test(model, trainer, loggers, out_dir, cfg)
+        if trainer.is_global_zero:
+            atomic_write_json(out_dir / "metrics.json", summary)
+        return summary
+
+
+def validate(cfg: DictConfig) -> dict[str, float]:
+    """Validation metrics of a checkpoint (the holdout split), in one process or under DDP."""
+    ckpt = _require_ckpt(cfg, "validate")
+    datamodule, model, out_dir = _prepare(cfg)
+    trainer, loggers = _trainer(cfg, out_dir)
+    with closing_loggers(loggers):
+        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt)
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if trainer.is_global_zero:
+            atomic_write_json(out_dir / "metrics.json", {"val": values})
+        return {"val": values}
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Detections for a features folder or one ``.npy`` file, as an ActivityNet results JSON."""
+    ckpt = _require_ckpt(cfg, "predict")
+    datamodule, model, out_dir = _prepare(cfg)
+    trainer, loggers = _trainer(cfg, out_dir)
+    with closing_loggers(loggers):
+        batches = trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt)
+        preds = [p for batch in batches or [] for p in batch]
+        path = Path(cfg.get("predict_output") or out_dir / "results.json")
+        if trainer.is_global_zero:
+            atomic_write_json(path, reporting.results_json(preds, model.class_names or []))
+            print(f"wrote {len(preds)} videos' detections to {path}")
+        return path
+
+
+def export_alpha(cfg: DictConfig) -> Path:
+    """Write the alpha of Algorithm 1 on every training video (for ``pruning=frozen``)."""
+    from salad_lightning.utils.frozen import save_frozen_alpha
+
+    ckpt = _require_ckpt(cfg, "export_alpha")
+    datamodule, model, out_dir = _prepare(cfg)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    datamodule.setup("fit")
+    alphas = {}
+    with torch.no_grad():
+        for batch in datamodule.full_train_dataloader():
+            out, segments = model._segments(batch)
+            match = model.criterion.match(
+                segments, out.score_logits, batch["gt_segments"], batch["gt_mask"], batch["frame_mask"]
+            )
+            for i, meta in enumerate(batch["meta"]):
+                n = int(batch["gt_mask"][i].sum())
+                t = int(batch["lengths"][i])
+                alphas[meta["video_id"]] = match.alpha[i, :t, :n].cpu().numpy()
+    path = Path(cfg.get("alpha_output") or out_dir / "frozen_alpha.npz")
+    save_frozen_alpha(path, alphas)
+    print(f"wrote alpha of {len(alphas)} videos to {path}")
+    return path
+
+
+MODES = {
+    "train": train,
+    "test": test,
+    "validate": validate,
+    "predict": predict,
+    "export_alpha": export_alpha,
+}
+
+
+def run(cfg: DictConfig) -> Any:
+    mode = cfg.get("mode", "train")
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of {sorted(MODES)}")
+    return MODES[mode](cfg)

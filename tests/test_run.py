@@ -1,0 +1,159 @@
+"""The experiment framework end to end: train/test/predict, run folder, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _runcfg import compose_cfg, run_cli
+
+from salad_lightning import evaluate
+from salad_lightning.pipeline import run as run_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+def _train(tmp_path: Path, overrides: list[str] = ()) -> tuple[dict, Path]:
+    cfg = compose_cfg(tmp_path, list(overrides))
+    summary = run_pipeline(cfg)
+    return summary, Path(cfg.paths.output_dir)
+
+
+def test_train_writes_the_run_folder(tmp_path, capsys):
+    summary, out = _train(tmp_path, ["trainer.max_epochs=2"])
+    for name in ("config_resolved.yaml", "class_index.json", "metrics.json", "results.json", "per_class_ap.md"):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "plots" / "reliability.png").is_file()
+    assert len(list((out / "plots").glob("timeline_*.png"))) == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["tiou_thresholds"]) == {0.3, 0.4, 0.5, 0.6, 0.7}
+    for t in ("0.3", "0.5", "0.7"):
+        assert 0.0 <= metrics[f"test/mAP@{t}"] <= 1.0
+    assert "val/mAP" in metrics["val"]
+    assert len(json.loads((out / "class_index.json").read_text())["names"]) == 20
+    # the printed table is the run's last output
+    printed = capsys.readouterr().out
+    assert "test mAP (%)" in printed
+    assert f"{100 * metrics['test/mAP']:.2f}" in printed
+
+    # results.json is the official submission format: the evaluator reproduces the run's mAP
+    gt = tmp_path / "cache" / "synthetic_seed0" / "annotations.json"
+    rc = evaluate.main(
+        ["--ground-truth", str(gt), "--predictions", str(out / "results.json"), "--subset", "test", "--json"]
+    )
+    assert rc in (0, None)
+    ours = json.loads(capsys.readouterr().out)
+    assert ours["average_mAP"] == pytest.approx(metrics["test/mAP"], abs=1e-6)
+    assert ours["mAP"][2] == pytest.approx(metrics["test/mAP@0.5"], abs=1e-6)
+
+
+def test_predict_one_npy_writes_results_json(tmp_path):
+    _, out = _train(tmp_path)
+    feats = np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32)
+    npy = tmp_path / "new_video.npy"
+    np.save(npy, feats)
+    dest = tmp_path / "pred.json"
+    cfg = compose_cfg(
+        tmp_path,
+        [
+            "mode=predict",
+            f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+            f"+dataset.datamodule.predict_path={npy}",
+            f"predict_output={dest}",
+        ],
+    )
+    run_pipeline(cfg)
+    data = json.loads(dest.read_text())
+    assert set(data) == {"version", "results", "external_data"}
+    dets = data["results"]["new_video"]
+    assert dets, "no detections"
+    duration = 40 * 16 / 30  # T * stride / fps
+    names = json.loads((out / "class_index.json").read_text())["names"]
+    for d in dets:
+        assert d["label"] in names
+        assert 0.0 <= d["segment"][0] <= d["segment"][1] <= duration + 1e-6
+        assert 0.0 <= d["score"] <= 1.0
+
+
+def test_mode_test_reproduces_the_training_runs_test_metrics(tmp_path):
+    summary, out = _train(tmp_path)
+    cfg = compose_cfg(tmp_path / "again", ["mode=test", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
+    again = run_pipeline(cfg)
+    assert again["test/mAP"] == pytest.approx(summary["test/mAP"], abs=1e-9)
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    full, _ = _train(tmp_path / "full", ["trainer.max_epochs=3"])
+    _, first = _train(tmp_path / "part", ["trainer.max_epochs=2"])
+    resumed, _ = _train(
+        tmp_path / "resumed",
+        ["trainer.max_epochs=3", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"],
+    )
+    assert resumed["test/mAP"] == pytest.approx(full["test/mAP"], abs=1e-7)
+    assert resumed["val"]["val/mAP"] == pytest.approx(full["val"]["val/mAP"], abs=1e-7)
+
+
+def test_wandb_offline_files_hold_metrics_and_images(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    _, out = _train(tmp_path, ["logger=wandb"])
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    # the offline transaction log (protobuf records) names every logged key
+    log = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for key in ("train/loss", "train/loss_sa", "train/pruned_share", "val/mAP", "val/mAP@0.5", "val/ece", "test/mAP"):
+        assert key.encode() in log, key
+    assert b"lambda1" in log  # the config went along
+    pngs = list((runs[0] / "files" / "media" / "images").rglob("*.png"))
+    assert any("reliability" in p.name for p in pngs), pngs
+    assert any("timeline" in p.name for p in pngs), pngs
+
+
+def test_a_mistyped_key_fails_with_hydras_message(tmp_path):
+    res = run_cli([f"paths.root_dir={tmp_path}", "model.loss.lamda1=0.5"], cwd=tmp_path, timeout=120)
+    assert res.returncode != 0
+    assert "lamda1" in res.stderr and "not in struct" in res.stderr
+
+
+def test_thumos_layout_runs_one_epoch(tmp_path, thumos_folder):
+    # ActionFormer's layout built from the real annotation file and random features
+    root = tmp_path / "thumos"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copy(thumos_folder.annotation_file, root / "annotations" / "thumos14.json")
+    (root / "i3d_features").symlink_to(thumos_folder.feature_dir, target_is_directory=True)
+    res = run_cli(
+        [
+            "dataset=thumos",
+            f"dataset.root={root}",
+            f"dataset.feature_dim={thumos_folder.feature_dim}",
+            f"paths.root_dir={tmp_path}",
+            "model.net.hidden_size=8",
+            "model.net.reg_dims=[8,8,8]",
+            "model.net.sa_dims=[8,8,8]",
+            "model.net.cls_dims=[8,8]",
+            "dataset.datamodule.num_workers=0",
+            "dataset.datamodule.pin_memory=false",
+            "dataset.datamodule.max_seq_len=256",
+            "dataset.datamodule.eval_batch_size=4",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "test mAP (%)" in res.stdout
+    metrics = list((tmp_path / "logs" / "runs").glob("*/metrics.json"))
+    assert len(metrics) == 1
+    assert "test/mAP@0.5" in json.loads(metrics[0].read_text())
+
+
+def test_checkpoint_holds_max_offset_and_class_names(tmp_path):
+    _, out = _train(tmp_path)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert float(ckpt["state_dict"]["max_offset"]) > 0
+    assert len(ckpt["class_names"]) == 20
