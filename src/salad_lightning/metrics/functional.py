@@ -182,11 +182,11 @@ def _ranking(video: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def _search_keys(group: np.ndarray, start: np.ndarray):
-    """Sortable keys of (group, start) pairs and a function making query keys.
+    """A function giving keys that sort like (group, start) pairs, for range searches.
 
     A float ``group * width + (start - base)`` when that stays far below 2**52
-    (rounding is monotone, so range queries stay exact), else complex numbers,
-    which numpy orders lexicographically.
+    (rounding is monotone and groups stay apart, so range queries lose nothing),
+    else a complex number, which numpy orders lexicographically.
     """
     base = float(start.min())
     span = float(start.max()) - base
