@@ -154,7 +154,7 @@ class SaladLitModule(pl.LightningModule):
             "train/loss_cls": result.loss_cls,
         }
         logs.update({f"train/{k}": result.stats[k] for k in STAT_KEYS})
-        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=bs)
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=bs)
         return result.total
 
     # -------------------------------------------------------------- evaluation

@@ -29,6 +29,8 @@ def _prepare(cfg: DictConfig) -> tuple[Any, Any, Path]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(int(cfg.seed), workers=True)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     if cfg.dataset.get("generate") is not None:
@@ -102,9 +104,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _last_checkpoint(trainer: pl.Trainer) -> str | None:
-    cb = trainer.checkpoint_callback
-    path = getattr(cb, "last_model_path", "") if cb is not None else ""
-    return path or None
+    """The checkpoint of the last epoch (the ModelCheckpoint that monitors nothing)."""
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "monitor", "") is None and cb.best_model_path:
+            return cb.best_model_path
+    return None
 
 
 def _require_ckpt(cfg: DictConfig, mode: str) -> str:

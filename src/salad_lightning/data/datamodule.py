@@ -201,6 +201,7 @@ class SaladDataModule(pl.LightningDataModule):
             training=training,
             max_seq_len=h.max_seq_len,
             crop_min_keep=h.crop_min_keep,
+            seed=h.seed,
             skip_missing=h.skip_missing,
             name=name,
             **self._mapping_kwargs(),
@@ -275,6 +276,7 @@ class SaladDataModule(pl.LightningDataModule):
             bucket=h.bucket,
             bucket_batches=h.bucket_batches,
             seed=h.seed,
+            with_epoch=training,
         )
         return DataLoader(
             ds,

@@ -119,6 +119,7 @@ class TADDataset(Dataset):
         crop_min_keep: float = CROP_MIN_KEEP,
         skip_missing: bool = False,
         name: str = "dataset",
+        seed: int = 0,
     ) -> None:
         if downsample < 1:
             raise ValueError(f"downsample must be >= 1, found {downsample}")
@@ -131,7 +132,7 @@ class TADDataset(Dataset):
         self.stride, self.window, self.default_fps = stride, window, default_fps
         self.downsample, self.resize_to = downsample, resize_to
         self.max_seq_len, self.crop_min_keep = max_seq_len, crop_min_keep
-        self.name = name
+        self.name, self.seed = name, int(seed)
         videos = self._drop_missing(list(videos), skip_missing)
         self.videos: list[VideoRecord] = videos
         self.mappings = [self._base_mapping(v) for v in videos]
@@ -223,7 +224,9 @@ class TADDataset(Dataset):
         """The longest ground truth, in feature steps, rounded up (SPEC §2's default W)."""
         return max_gt_steps(self.videos, self.mappings)
 
-    def _read(self, video: VideoRecord, training: bool) -> tuple[np.ndarray, int, int, int]:
+    def _read(
+        self, video: VideoRecord, training: bool, epoch: int | None = None, index: int = 0
+    ) -> tuple[np.ndarray, int, int, int]:
         """Features of the sample, its start step and the whole sequence length."""
         raw = self.source.load(video.video_id)
         paths = " + ".join(str(p) for p in self.source.paths(video.video_id))
@@ -239,7 +242,13 @@ class TADDataset(Dataset):
         total = self._seq_len(raw.shape[0])
         start, stop = 0, total
         if training and self.max_seq_len is not None and total > self.max_seq_len:
-            start = int(torch.randint(0, total - self.max_seq_len + 1, (1,)).item())
+            # the crop is a function of (seed, epoch, video): a resumed run crops as an
+            # uninterrupted one would, whatever the worker layout
+            if epoch is None:
+                start = int(torch.randint(0, total - self.max_seq_len + 1, (1,)).item())
+            else:
+                rng = np.random.default_rng([self.seed, int(epoch), int(index)])
+                start = int(rng.integers(0, total - self.max_seq_len + 1))
             stop = start + self.max_seq_len
         if self.resize_to is not None:  # the whole file is read and checked
             check_finite(raw, where)
@@ -252,9 +261,11 @@ class TADDataset(Dataset):
             x = downsample_features(x, k)
         return np.ascontiguousarray(x, dtype=np.float32), start, stop, total
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        """``item`` is an index, or ``(index, epoch)`` from a sampler that seeds the crops."""
+        i, epoch = item if isinstance(item, tuple) else (item, None)
         video, base = self.videos[i], self.mappings[i]
-        x, start, stop, total = self._read(video, self.training)
+        x, start, stop, total = self._read(video, self.training, epoch, i)
         mapping = base.shifted(start) if start else base
         segs = mapping.to_index(video.segments).reshape(-1, 2)
         keep = np.arange(len(segs))

@@ -52,6 +52,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         num_replicas, rank: DDP world; default from ``torch.distributed`` when it is
             initialised, else a single process.
         seed: the order is a function of ``seed`` and the epoch (``set_epoch``).
+        with_epoch: yield ``(index, epoch)`` pairs, so that the dataset can draw its
+            random crop from ``(seed, epoch, index)`` (resume-exact training crops).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
         seed: int = 0,
+        with_epoch: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, found {batch_size}")
@@ -78,6 +81,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.shuffle, self.bucket, self.bucket_batches = shuffle, bucket, bucket_batches
         self.num_replicas, self.rank = _dist_defaults(num_replicas, rank)
         self.seed, self.epoch = int(seed), 0
+        self.with_epoch = bool(with_epoch)
         n, r = len(self.lengths), self.num_replicas
         if self._target(n) == 0 or self._target(n) > n:  # no batch / batches of size 0
             raise ValueError(
@@ -136,8 +140,11 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches[j : j + 1] = [batches[j][:half], batches[j][half:]]
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self.global_batches()[self.rank :: self.num_replicas]
+    def __iter__(self) -> Iterator[list]:
+        batches = self.global_batches()[self.rank :: self.num_replicas]
+        if self.with_epoch:  # (index, epoch): the dataset seeds its random crop with it
+            batches = [[(i, self.epoch) for i in b] for b in batches]
+        yield from batches
 
 
 def padding_ratio(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
