@@ -22,6 +22,7 @@ Features are random (speed does not depend on their values) and written once und
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import statistics
 import sys
@@ -86,7 +87,10 @@ def write_dataset(root: Path, lengths: dict[str, tuple[str, int]], dim: int, see
 
 
 def real_lengths(annotation_file: Path, subset: str) -> list[int]:
-    db = json.loads(annotation_file.read_text())["database"]
+    raw = annotation_file.read_bytes()
+    if annotation_file.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    db = json.loads(raw)["database"]
     return [max(1, (int(v["duration"] * v["fps"]) - WINDOW) // STRIDE + 1) for v in db.values() if v["subset"] == subset]
 
 
@@ -228,7 +232,13 @@ def module_step_ms(args, name: str, batch: int, t: int, repeats: int) -> tuple[f
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--annotations", type=Path, default=REPO.parent / "shared/data/thumos14/thumos14.json")
+    shared = REPO.parent / "shared/data/thumos14/thumos14.json"
+    p.add_argument(
+        "--annotations",
+        type=Path,
+        default=shared if shared.is_file() else REPO / "tests/data/thumos14.json.gz",
+        help="THUMOS14 annotation file whose video lengths shape the epoch",
+    )
     p.add_argument("--workdir", type=Path, default=Path("/tmp/salad_bench_train"))
     p.add_argument("--small", action="store_true", help="CPU sizes: C=64, H=64, crops of 256")
     p.add_argument("--videos", type=int, default=None, help="training videos of the epoch (default: all 200)")

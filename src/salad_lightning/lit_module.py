@@ -126,7 +126,8 @@ class SaladLitModule(pl.LightningModule):
         return batch
 
     def _segments(self, batch) -> tuple[Any, torch.Tensor]:
-        out = self.net(batch["features"], batch.get("lengths_cpu", batch["lengths"].cpu()))
+        lengths = batch["lengths_cpu"] if "lengths_cpu" in batch else batch["lengths"].cpu()
+        out = self.net(batch["features"], lengths)
         return out, offsets_to_segments(out.offsets, self.max_offset)
 
     # ---------------------------------------------------------------- training
