@@ -139,25 +139,34 @@ def make_dm(args, ann: Path, batch: int, *, max_seq_len: int | None, resize_to=N
 
 
 class StepTimer(pl.Callback):
-    """Wall time of every training batch; synchronises only at batch ends when asked."""
+    """Throughput of training steps ``warm..`` (synchronised only at the two ends, so the
+    host runs ahead of the device as in a real run) and wall time of every epoch."""
 
-    def __init__(self, device: torch.device, per_step: bool) -> None:
-        self.device, self.per_step = device, per_step
-        self.stamps: list[float] = []
+    def __init__(self, device: torch.device, warm: int = 5) -> None:
+        self.device, self.warm = device, warm
+        self.window: tuple[float, int] | None = None
         self.epoch_times: list[float] = []
 
-    def on_train_batch_end(self, *a, **k) -> None:
-        if self.per_step:
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == 0 and batch_idx == self.warm - 1:
             sync(self.device)
-            self.stamps.append(time.perf_counter())
+            self._t0, self._n0 = time.perf_counter(), batch_idx
 
     def on_train_epoch_start(self, *a, **k) -> None:
         sync(self.device)
-        self._t0 = time.perf_counter()
+        self._epoch_t0 = time.perf_counter()
 
-    def on_train_epoch_end(self, *a, **k) -> None:
+    def on_train_epoch_end(self, trainer, *a, **k) -> None:
         sync(self.device)
-        self.epoch_times.append(time.perf_counter() - self._t0)
+        now = time.perf_counter()
+        self.epoch_times.append(now - self._epoch_t0)
+        if trainer.current_epoch == 0 and hasattr(self, "_t0"):
+            last = trainer.fit_loop.epoch_loop.batch_progress.current.completed - 1
+            self.window = (now - self._t0, last - self._n0)
+
+    def step_ms(self) -> float:
+        elapsed, steps = self.window
+        return 1000 * elapsed / steps
 
 
 def trainer(args, callbacks, **kw) -> pl.Trainer:
@@ -178,7 +187,8 @@ def trainer(args, callbacks, **kw) -> pl.Trainer:
 
 
 def bare_gru_ms(args, batch: int, t: int, repeats: int) -> float:
-    """Median fwd+bwd of the bare BiGRU on (batch, t, C) (the baseline)."""
+    """Median fwd+bwd of the bare BiGRU on (batch, t, C) (the baseline; one launch
+    sequence per step, so a per-step synchronisation costs it nothing)."""
     gru = torch.nn.GRU(args.feature_dim, args.hidden, batch_first=True, bidirectional=True).to(args.device)
     x = torch.randn(batch, t, args.feature_dim, device=args.device)
     times = []
@@ -215,18 +225,52 @@ def bare_gru_epoch_s(args, lengths: list[int], batch: int) -> float:
 
 
 def module_step_ms(args, name: str, batch: int, t: int, repeats: int) -> tuple[float, float]:
-    """Median training-step time of the real module through Lightning, and videos/s."""
+    """Mean training-step time of the real module through Lightning (steps after a
+    warm-up, host and device overlapping as in a real run), and videos/s."""
     warm = 5
     n_videos = batch * (repeats + warm)
     lengths = {f"{name}_{i:04d}": ("train", t) for i in range(n_videos)}
     lengths.update({f"{name}_test_{i}": ("test", t) for i in range(2)})
     ann = write_dataset(args.workdir / f"fixed_{name}_{t}_{args.feature_dim}_{n_videos}", lengths, args.feature_dim)
     dm = make_dm(args, ann, batch, max_seq_len=t)
-    timer = StepTimer(args.device, per_step=True)
+    timer = StepTimer(args.device, warm=warm)
     trainer(args, [timer], max_epochs=1).fit(make_module(args, args.feature_dim), datamodule=dm)
-    steps = np.diff(timer.stamps)[warm - 1 :]
-    ms = 1000 * float(np.median(steps))
+    ms = timer.step_ms()
     return ms, batch / (ms / 1000)
+
+
+class Profiled(pl.Callback):
+    """torch.profiler over training steps 5..14 (profile first, change what it shows)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.prof = out, None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if batch_idx == 5:
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=acts)
+            self.prof.__enter__()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if batch_idx == 14 and self.prof is not None:
+            self.prof.__exit__(None, None, None)
+            ka = self.prof.key_averages()
+            key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+            text = ka.table(sort_by=key, row_limit=30) + "\n" + ka.table(sort_by="self_cpu_time_total", row_limit=30)
+            self.out.write_text(text)
+            self.prof = None
+
+
+def profile_steps(args, out: Path) -> None:
+    lengths = {f"prof_{i:04d}": ("train", 100) for i in range(16 * 16)}
+    lengths.update({f"prof_test_{i}": ("test", 100) for i in range(2)})
+    ann = write_dataset(args.workdir / f"profile_{args.feature_dim}", lengths, args.feature_dim)
+    trainer(args, [Profiled(out)], max_epochs=1).fit(
+        make_module(args, args.feature_dim), datamodule=make_dm(args, ann, 16, max_seq_len=100)
+    )
+    print(f"profile of ActivityNet-shaped steps 5..14 written to {out}")
 
 
 def main() -> None:
@@ -247,6 +291,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--eval-batch", type=int, default=8)
     p.add_argument("--parts", nargs="+", default=["step", "epoch", "validation"])
+    p.add_argument("--profile", type=Path, default=None, help="write a torch.profiler table of ActivityNet-shaped steps here")
     args = p.parse_args()
     args.device = torch.device(args.device)
     args.feature_dim, args.hidden, crop = (64, 64, 256) if args.small else (2048, 1024, 2304)
@@ -265,6 +310,9 @@ def main() -> None:
             ms, vps = module_step_ms(args, label, b, t, args.repeats)
             print(f"step {label:6s} B={b:2d} T={t:4d}: bare BiGRU fwd+bwd {base:8.2f} ms | SaladLitModule step {ms:8.2f} ms ({vps:7.1f} videos/s, {1000 / ms:6.2f} steps/s) | ratio {ms / base:.3f}")
 
+    if args.profile is not None:
+        profile_steps(args, args.profile)
+
     train_lengths = real_lengths(args.annotations, "Validation")[: args.videos]
     test_lengths = real_lengths(args.annotations, "Test")[: args.test_videos]
     lengths = {f"v{i:04d}": ("train", t) for i, t in enumerate(train_lengths)}
@@ -274,7 +322,7 @@ def main() -> None:
     if "epoch" in args.parts:
         cropped = [min(t, crop) for t in train_lengths]
         base = bare_gru_epoch_s(args, cropped, 4)
-        timer = StepTimer(args.device, per_step=False)
+        timer = StepTimer(args.device)
         module = make_module(args, args.feature_dim)
         trainer(args, [timer], max_epochs=2).fit(module, datamodule=make_dm(args, ann, 4, max_seq_len=crop))
         ep = timer.epoch_times[-1]
