@@ -157,3 +157,17 @@ def test_checkpoint_holds_max_offset_and_class_names(tmp_path):
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert float(ckpt["state_dict"]["max_offset"]) > 0
     assert len(ckpt["class_names"]) == 20
+
+
+def test_a_failing_job_still_finishes_its_wandb_run(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_cfg(tmp_path, ["logger=wandb", f"ckpt_path={tmp_path / 'missing.ckpt'}"])
+    with pytest.raises(Exception, match="missing.ckpt"):
+        run_pipeline(cfg)
+    assert wandb.run is None  # finished, not left open for the next job
+    logs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*/logs/debug.log"))
+    assert len(logs) == 1
+    assert "got exitcode: 1" in logs[0].read_text()  # marked failed

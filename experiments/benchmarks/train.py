@@ -290,10 +290,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--eval-batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--parts", nargs="+", default=["step", "epoch", "validation"])
     p.add_argument("--profile", type=Path, default=None, help="write a torch.profiler table of ActivityNet-shaped steps here")
     args = p.parse_args()
     args.device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.feature_dim, args.hidden, crop = (64, 64, 256) if args.small else (2048, 1024, 2304)
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.device.type == "cuda":
