@@ -122,11 +122,26 @@ class SaladLitModule(pl.LightningModule):
         # generic transfer walks every element of `meta` and cost ~18 ms per batch of 16.
         # Packing needs the lengths on the host: keep that copy, so the training step
         # never waits for the device to hand them back.
-        moved = {
-            k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()
-        }
-        moved["lengths_cpu"] = batch["lengths"]
+        tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        if device.type == "cuda":
+            moved = self._copy_on_side_stream(tensors, device)
+        else:
+            moved = {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
+        out = {**batch, **moved}
+        out["lengths_cpu"] = batch["lengths"]
+        return out
+
+    def _copy_on_side_stream(self, tensors: dict[str, torch.Tensor], device) -> dict:
+        """Host-to-device copy on its own stream, so it overlaps the previous step's
+        kernels instead of queueing behind them (a THUMOS batch is 75 MB, ~3 ms)."""
+        if getattr(self, "_copy_stream", None) is None:
+            self._copy_stream = torch.cuda.Stream(device=device)
+        compute = torch.cuda.current_stream(device)
+        with torch.cuda.stream(self._copy_stream):
+            moved = {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
+        compute.wait_stream(self._copy_stream)
+        for v in moved.values():
+            v.record_stream(compute)  # the allocator must not reuse them before compute is done
         return moved
 
     def _segments(self, batch) -> tuple[Any, torch.Tensor]:
