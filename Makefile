@@ -47,8 +47,12 @@ run: $(STAMP) ## Train and test on the embedded synthetic dataset (pass override
 evaluate: $(STAMP) ## Evaluate a results JSON: make evaluate ARGS="--ground-truth GT.json --predictions PRED.json"
 	$(BIN)/python -m salad_lightning.evaluate $(ARGS)
 
-bench: $(STAMP) ## Run the CPU benchmarks under experiments/benchmarks
-	@for s in experiments/benchmarks/*.py; do echo "== $$s"; $(BIN)/python $$s || exit 1; done
+bench: $(STAMP) ## Run the CPU benchmarks (small sizes; see experiments/benchmarks/README.md)
+	$(BIN)/python experiments/benchmarks/matching.py --threads 1
+	$(BIN)/python experiments/benchmarks/postprocess.py --threads 1
+	$(BIN)/python experiments/benchmarks/evaluate.py
+	$(BIN)/python experiments/benchmarks/data.py --videos 2000
+	$(BIN)/python experiments/benchmarks/train.py --small --videos 40 --test-videos 40 --repeats 10 --workers 1 --threads 1
 
 clean: ## Remove caches (keeps .venv and outputs)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

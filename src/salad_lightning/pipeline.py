@@ -9,6 +9,7 @@ a config object.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ from salad_lightning.utils.io import atomic_write_json, atomic_write_text
 from salad_lightning.utils.loggers import closing_loggers, log_images
 
 log = logging.getLogger(__name__)
+
+# Lightning notes that the module's own batch transfer wins over the datamodule's: that
+# is intended (only tensors travel, lit_module.py); the pytree note is Lightning's own.
+warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
 
 
 def _prepare(cfg: DictConfig) -> tuple[Any, Any, Path]:
