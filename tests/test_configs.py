@@ -6,9 +6,9 @@ import itertools
 
 import numpy as np
 import pytest
-from _runcfg import CONF, compose_cfg
 from omegaconf import OmegaConf
 
+from _runcfg import CONF, compose_cfg
 from salad_lightning.utils.frozen import save_frozen_alpha
 from salad_lightning.utils.instantiate import build
 
@@ -62,7 +62,9 @@ def test_paper_experiments_use_the_table1_network(tmp_path, experiment):
     cfg = compose_cfg(tmp_path, [f"experiment={experiment}"], tiny=False)
     model = build(cfg.model)
     assert model.net.hidden_size == 1024
-    assert cfg.model.loss.lambda1 == 1.0 and cfg.model.loss.lambda2 == 0.1 and cfg.model.loss.mu == 0.5
+    assert (
+        cfg.model.loss.lambda1 == 1.0 and cfg.model.loss.lambda2 == 0.1 and cfg.model.loss.mu == 0.5
+    )
     assert cfg.model.optimizer.lr == 1e-4 and cfg.trainer.max_epochs == 100
     assert cfg.dataset.datamodule.batch_size == {"thumos_paper": 4, "anet_paper": 16}[experiment]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _runcfg import compose_cfg, run_cli
 
+from _runcfg import compose_cfg, run_cli
 from salad_lightning import evaluate
 from salad_lightning.pipeline import run as run_pipeline
 
@@ -25,7 +25,13 @@ def _train(tmp_path: Path, overrides: list[str] = ()) -> tuple[dict, Path]:
 
 def test_train_writes_the_run_folder(tmp_path, capsys):
     summary, out = _train(tmp_path, ["trainer.max_epochs=2"])
-    for name in ("config_resolved.yaml", "class_index.json", "metrics.json", "results.json", "per_class_ap.md"):
+    for name in (
+        "config_resolved.yaml",
+        "class_index.json",
+        "metrics.json",
+        "results.json",
+        "per_class_ap.md",
+    ):
         assert (out / name).is_file(), name
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert (out / "plots" / "reliability.png").is_file()
@@ -44,7 +50,15 @@ def test_train_writes_the_run_folder(tmp_path, capsys):
     # results.json is the official submission format: the evaluator reproduces the run's mAP
     gt = tmp_path / "cache" / "synthetic_seed0" / "annotations.json"
     rc = evaluate.main(
-        ["--ground-truth", str(gt), "--predictions", str(out / "results.json"), "--subset", "test", "--json"]
+        [
+            "--ground-truth",
+            str(gt),
+            "--predictions",
+            str(out / "results.json"),
+            "--subset",
+            "test",
+            "--json",
+        ]
     )
     assert rc in (0, None)
     ours = json.loads(capsys.readouterr().out)
@@ -82,7 +96,9 @@ def test_predict_one_npy_writes_results_json(tmp_path):
 
 def test_mode_test_reproduces_the_training_runs_test_metrics(tmp_path):
     summary, out = _train(tmp_path)
-    cfg = compose_cfg(tmp_path / "again", ["mode=test", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
+    cfg = compose_cfg(
+        tmp_path / "again", ["mode=test", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"]
+    )
     again = run_pipeline(cfg)
     assert again["test/mAP"] == pytest.approx(summary["test/mAP"], abs=1e-9)
 
@@ -106,7 +122,15 @@ def test_wandb_offline_files_hold_metrics_and_images(tmp_path, monkeypatch):
     assert len(runs) == 1, runs
     # the offline transaction log (protobuf records) names every logged key
     log = next(runs[0].glob("run-*.wandb")).read_bytes()
-    for key in ("train/loss", "train/loss_sa", "train/pruned_share", "val/mAP", "val/mAP@0.5", "val/ece", "test/mAP"):
+    for key in (
+        "train/loss",
+        "train/loss_sa",
+        "train/pruned_share",
+        "val/mAP",
+        "val/mAP@0.5",
+        "val/ece",
+        "test/mAP",
+    ):
         assert key.encode() in log, key
     assert b"lambda1" in log  # the config went along
     pngs = list((runs[0] / "files" / "media" / "images").rglob("*.png"))
@@ -115,7 +139,9 @@ def test_wandb_offline_files_hold_metrics_and_images(tmp_path, monkeypatch):
 
 
 def test_a_mistyped_key_fails_with_hydras_message(tmp_path):
-    res = run_cli([f"paths.root_dir={tmp_path}", "model.loss.lamda1=0.5"], cwd=tmp_path, timeout=120)
+    res = run_cli(
+        [f"paths.root_dir={tmp_path}", "model.loss.lamda1=0.5"], cwd=tmp_path, timeout=120
+    )
     assert res.returncode != 0
     assert "lamda1" in res.stderr and "not in struct" in res.stderr
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _runcfg import TINY, compose_cfg, run_cli
 
+from _runcfg import TINY, compose_cfg, run_cli
 from salad_lightning.pipeline import run as run_pipeline
 
 pytestmark = pytest.mark.slow
@@ -20,7 +20,13 @@ def _base(tmp_path: Path) -> list[str]:
 
 def test_multirun_over_lambda1_and_mu_runs_four_jobs(tmp_path):
     res = run_cli(
-        ["-m", *_base(tmp_path), "model.loss.lambda1=0.5,1", "model.loss.mu=0.3,0.5", "trainer.max_epochs=1"],
+        [
+            "-m",
+            *_base(tmp_path),
+            "model.loss.lambda1=0.5,1",
+            "model.loss.mu=0.3,0.5",
+            "trainer.max_epochs=1",
+        ],
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]

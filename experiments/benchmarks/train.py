@@ -34,8 +34,8 @@ import pytorch_lightning as pl
 import torch
 
 from salad_lightning.data import SaladDataModule
-from salad_lightning.losses.criterion import SaladCriterion
 from salad_lightning.lit_module import SaladLitModule
+from salad_lightning.losses.criterion import SaladCriterion
 from salad_lightning.models.net import SaladNet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,13 +75,18 @@ def write_dataset(root: Path, lengths: dict[str, tuple[str, int]], dim: int, see
             "duration": round(dur, 3),
             "fps": FPS,
             "annotations": [
-                {"label": f"class{int(rng.integers(0, 20)):02d}", "segment": [round(s, 2), round(min(s + rng.uniform(1, 8), dur), 2)]}
+                {
+                    "label": f"class{int(rng.integers(0, 20)):02d}",
+                    "segment": [round(s, 2), round(min(s + rng.uniform(1, 8), dur), 2)],
+                }
                 for s in starts
             ],
         }
     for k in range(20):  # every class present in training
         vid = next(v for v, (s, _) in lengths.items() if s == "train")
-        db[vid]["annotations"].append({"label": f"class{k:02d}", "segment": [1.0 + k * 0.1, 2.0 + k * 0.1]})
+        db[vid]["annotations"].append(
+            {"label": f"class{k:02d}", "segment": [1.0 + k * 0.1, 2.0 + k * 0.1]}
+        )
     ann.write_text(json.dumps({"version": "bench", "database": db}))
     return ann
 
@@ -91,7 +96,11 @@ def real_lengths(annotation_file: Path, subset: str) -> list[int]:
     if annotation_file.suffix == ".gz":
         raw = gzip.decompress(raw)
     db = json.loads(raw)["database"]
-    return [max(1, (int(v["duration"] * v["fps"]) - WINDOW) // STRIDE + 1) for v in db.values() if v["subset"] == subset]
+    return [
+        max(1, (int(v["duration"] * v["fps"]) - WINDOW) // STRIDE + 1)
+        for v in db.values()
+        if v["subset"] == subset
+    ]
 
 
 def make_module(args, feature_dim: int) -> SaladLitModule:
@@ -110,13 +119,22 @@ def make_module(args, feature_dim: int) -> SaladLitModule:
         SaladCriterion(),
         opt,
         max_offset=64.0,
-        postprocess={"fusion": "regression", "nms": "soft", "nms_method": "gaussian", "sigma": 0.5, "min_score": 0.001, "max_segments": 200},
+        postprocess={
+            "fusion": "regression",
+            "nms": "soft",
+            "nms_method": "gaussian",
+            "sigma": 0.5,
+            "min_score": 0.001,
+            "max_segments": 200,
+        },
         tiou_thresholds=(0.3, 0.4, 0.5, 0.6, 0.7),
         class_names=[f"class{k:02d}" for k in range(20)],
     )
 
 
-def make_dm(args, ann: Path, batch: int, *, max_seq_len: int | None, resize_to=None, test_subset="test") -> SaladDataModule:
+def make_dm(
+    args, ann: Path, batch: int, *, max_seq_len: int | None, resize_to=None, test_subset="test"
+) -> SaladDataModule:
     return SaladDataModule(
         annotation_file=str(ann),
         feature_dir=str(ann.parent / "features"),
@@ -189,7 +207,9 @@ def trainer(args, callbacks, **kw) -> pl.Trainer:
 def bare_gru_ms(args, batch: int, t: int, repeats: int) -> float:
     """Median fwd+bwd of the bare BiGRU on (batch, t, C) (the baseline; one launch
     sequence per step, so a per-step synchronisation costs it nothing)."""
-    gru = torch.nn.GRU(args.feature_dim, args.hidden, batch_first=True, bidirectional=True).to(args.device)
+    gru = torch.nn.GRU(args.feature_dim, args.hidden, batch_first=True, bidirectional=True).to(
+        args.device
+    )
     x = torch.randn(batch, t, args.feature_dim, device=args.device)
     times = []
     for i in range(repeats + 3):
@@ -207,7 +227,9 @@ def bare_gru_epoch_s(args, lengths: list[int], batch: int) -> float:
     """The bare BiGRU over the given lengths, bucketed (sorted) and packed."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
-    gru = torch.nn.GRU(args.feature_dim, args.hidden, batch_first=True, bidirectional=True).to(args.device)
+    gru = torch.nn.GRU(args.feature_dim, args.hidden, batch_first=True, bidirectional=True).to(
+        args.device
+    )
     order = sorted(lengths, reverse=True)
     batches = [order[i : i + batch] for i in range(0, len(order), batch)]
     xs = [torch.randn(len(b), b[0], args.feature_dim, device=args.device) for b in batches]
@@ -231,7 +253,9 @@ def module_step_ms(args, name: str, batch: int, t: int, repeats: int) -> tuple[f
     n_videos = batch * (repeats + warm)
     lengths = {f"{name}_{i:04d}": ("train", t) for i in range(n_videos)}
     lengths.update({f"{name}_test_{i}": ("test", t) for i in range(2)})
-    ann = write_dataset(args.workdir / f"fixed_{name}_{t}_{args.feature_dim}_{n_videos}", lengths, args.feature_dim)
+    ann = write_dataset(
+        args.workdir / f"fixed_{name}_{t}_{args.feature_dim}_{n_videos}", lengths, args.feature_dim
+    )
     dm = make_dm(args, ann, batch, max_seq_len=t)
     timer = StepTimer(args.device, warm=warm)
     trainer(args, [timer], max_epochs=1).fit(make_module(args, args.feature_dim), datamodule=dm)
@@ -258,7 +282,11 @@ class Profiled(pl.Callback):
             self.prof.__exit__(None, None, None)
             ka = self.prof.key_averages()
             key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-            text = ka.table(sort_by=key, row_limit=30) + "\n" + ka.table(sort_by="self_cpu_time_total", row_limit=30)
+            text = (
+                ka.table(sort_by=key, row_limit=30)
+                + "\n"
+                + ka.table(sort_by="self_cpu_time_total", row_limit=30)
+            )
             self.out.write_text(text)
             self.prof = None
 
@@ -274,7 +302,9 @@ def profile_steps(args, out: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     shared = REPO.parent / "shared/data/thumos14/thumos14.json"
     p.add_argument(
@@ -285,14 +315,23 @@ def main() -> None:
     )
     p.add_argument("--workdir", type=Path, default=Path("/tmp/salad_bench_train"))
     p.add_argument("--small", action="store_true", help="CPU sizes: C=64, H=64, crops of 256")
-    p.add_argument("--videos", type=int, default=None, help="training videos of the epoch (default: all 200)")
-    p.add_argument("--test-videos", type=int, default=None, help="validation videos (default: all 212)")
+    p.add_argument(
+        "--videos", type=int, default=None, help="training videos of the epoch (default: all 200)"
+    )
+    p.add_argument(
+        "--test-videos", type=int, default=None, help="validation videos (default: all 212)"
+    )
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--eval-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--parts", nargs="+", default=["step", "epoch", "validation"])
-    p.add_argument("--profile", type=Path, default=None, help="write a torch.profiler table of ActivityNet-shaped steps here")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write a torch.profiler table of ActivityNet-shaped steps here",
+    )
     args = p.parse_args()
     args.device = torch.device(args.device)
     if args.threads:
@@ -305,13 +344,17 @@ def main() -> None:
         torch.backends.cudnn.benchmark = False
     torch.set_float32_matmul_precision("high")
     name = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "cpu"
-    print(f"device: {name} | torch {torch.__version__} | lightning {pl.__version__} | C={args.feature_dim} H={args.hidden} crop={crop}")
+    print(
+        f"device: {name} | torch {torch.__version__} | lightning {pl.__version__} | C={args.feature_dim} H={args.hidden} crop={crop}"
+    )
 
     if "step" in args.parts:
         for label, b, t in (("thumos", 4, crop), ("anet", 16, 100)):
             base = bare_gru_ms(args, b, t, args.repeats)
             ms, vps = module_step_ms(args, label, b, t, args.repeats)
-            print(f"step {label:6s} B={b:2d} T={t:4d}: bare BiGRU fwd+bwd {base:8.2f} ms | SaladLitModule step {ms:8.2f} ms ({vps:7.1f} videos/s, {1000 / ms:6.2f} steps/s) | ratio {ms / base:.3f}")
+            print(
+                f"step {label:6s} B={b:2d} T={t:4d}: bare BiGRU fwd+bwd {base:8.2f} ms | SaladLitModule step {ms:8.2f} ms ({vps:7.1f} videos/s, {1000 / ms:6.2f} steps/s) | ratio {ms / base:.3f}"
+            )
 
     if args.profile is not None:
         profile_steps(args, args.profile)
@@ -320,16 +363,24 @@ def main() -> None:
     test_lengths = real_lengths(args.annotations, "Test")[: args.test_videos]
     lengths = {f"v{i:04d}": ("train", t) for i, t in enumerate(train_lengths)}
     lengths.update({f"t{i:04d}": ("test", t) for i, t in enumerate(test_lengths)})
-    ann = write_dataset(args.workdir / f"thumos_shaped_{args.feature_dim}_{len(train_lengths)}_{len(test_lengths)}", lengths, args.feature_dim)
+    ann = write_dataset(
+        args.workdir / f"thumos_shaped_{args.feature_dim}_{len(train_lengths)}_{len(test_lengths)}",
+        lengths,
+        args.feature_dim,
+    )
 
     if "epoch" in args.parts:
         cropped = [min(t, crop) for t in train_lengths]
         base = bare_gru_epoch_s(args, cropped, 4)
         timer = StepTimer(args.device)
         module = make_module(args, args.feature_dim)
-        trainer(args, [timer], max_epochs=2).fit(module, datamodule=make_dm(args, ann, 4, max_seq_len=crop))
+        trainer(args, [timer], max_epochs=2).fit(
+            module, datamodule=make_dm(args, ann, 4, max_seq_len=crop)
+        )
         ep = timer.epoch_times[-1]
-        print(f"epoch thumos-shaped ({len(cropped)} videos, crops of {crop}, batch 4): bare BiGRU bucketed+packed {base:7.2f} s | SaladLitModule epoch {ep:7.2f} s (first epoch {timer.epoch_times[0]:.2f} s) | ratio {ep / base:.3f}")
+        print(
+            f"epoch thumos-shaped ({len(cropped)} videos, crops of {crop}, batch 4): bare BiGRU bucketed+packed {base:7.2f} s | SaladLitModule epoch {ep:7.2f} s (first epoch {timer.epoch_times[0]:.2f} s) | ratio {ep / base:.3f}"
+        )
 
     if "validation" in args.parts:
         module = make_module(args, args.feature_dim)
@@ -341,7 +392,9 @@ def main() -> None:
         tr.test(module, datamodule=dm, verbose=False)
         sync(args.device)
         el = time.perf_counter() - t0
-        print(f"validation thumos-test-shaped ({len(test_lengths)} whole videos, inference + soft-NMS + mAP): {el:.2f} s ({len(test_lengths) / el:.1f} videos/s)")
+        print(
+            f"validation thumos-test-shaped ({len(test_lengths)} whole videos, inference + soft-NMS + mAP): {el:.2f} s ({len(test_lengths) / el:.1f} videos/s)"
+        )
     sys.stdout.flush()
 
 

@@ -110,7 +110,10 @@ class SaladLitModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
 
     # ----------------------------------------------------------------- forward
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None):
@@ -208,7 +211,9 @@ class SaladLitModule(pl.LightningModule):
         return [
             {
                 "video_id": m["video_id"],
-                "segments": torch.as_tensor(np.asarray(m["gt_segments_sec"]), dtype=torch.float64).reshape(-1, 2),
+                "segments": torch.as_tensor(
+                    np.asarray(m["gt_segments_sec"]), dtype=torch.float64
+                ).reshape(-1, 2),
                 "labels": torch.as_tensor(np.asarray(m["gt_labels"]), dtype=torch.long).reshape(-1),
             }
             for m in batch["meta"]
@@ -222,8 +227,12 @@ class SaladLitModule(pl.LightningModule):
         metric.update(preds, targets)
         for p, t in zip(preds, targets):
             tp = true_positive_flags(
-                p["segments"].numpy(), p["scores"].numpy(), p["labels"].numpy(),
-                t["segments"].numpy(), t["labels"].numpy(), tiou=0.5,
+                p["segments"].numpy(),
+                p["scores"].numpy(),
+                p["labels"].numpy(),
+                t["segments"].numpy(),
+                t["labels"].numpy(),
+                tiou=0.5,
             )
             self._calib.append((p["scores"].numpy(), tp))
         return [{**p, "gt": t} for p, t in zip(preds, targets)]

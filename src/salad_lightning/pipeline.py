@@ -73,7 +73,9 @@ def _finish_test(model: Any, trainer: pl.Trainer, loggers: list[Any], out_dir: P
     names = model.class_names or []
     summary = reporting.summarise(model.last_eval, names)
     if trainer.is_global_zero:
-        atomic_write_json(out_dir / "results.json", reporting.results_json(model.test_outputs, names))
+        atomic_write_json(
+            out_dir / "results.json", reporting.results_json(model.test_outputs, names)
+        )
         atomic_write_text(out_dir / "per_class_ap.md", reporting.per_class_markdown(summary))
         images = reporting.write_plots(
             model.test_outputs,
@@ -95,7 +97,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with closing_loggers(loggers):
         datamodule.setup("fit")
         _check_classes(cfg, datamodule)
-        atomic_write_json(out_dir / "class_index.json", {"names": list(datamodule.class_index.names)})
+        atomic_write_json(
+            out_dir / "class_index.json", {"names": list(datamodule.class_index.names)}
+        )
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         summary: dict[str, Any] = {}
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -182,7 +186,11 @@ def export_alpha(cfg: DictConfig) -> Path:
         for batch in datamodule.full_train_dataloader():
             out, segments = model._segments(batch)
             match = model.criterion.match(
-                segments, out.score_logits, batch["gt_segments"], batch["gt_mask"], batch["frame_mask"]
+                segments,
+                out.score_logits,
+                batch["gt_segments"],
+                batch["gt_mask"],
+                batch["frame_mask"],
             )
             for i, meta in enumerate(batch["meta"]):
                 n = int(batch["gt_mask"][i].sum())

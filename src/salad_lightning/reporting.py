@@ -52,14 +52,19 @@ def map_table(summary: dict[str, Any]) -> str:
     thr = summary["tiou_thresholds"]
     head = "| " + " | ".join([f"mAP@{t:g}" for t in thr] + ["average"]) + " |"
     sep = "|" + "---|" * (len(thr) + 1)
-    vals = [summary[f"{split}/mAP@{t:g}"] * 100 for t in thr] + [summary.get(f"{split}/mAP", math.nan) * 100]
+    vals = [summary[f"{split}/mAP@{t:g}"] * 100 for t in thr] + [
+        summary.get(f"{split}/mAP", math.nan) * 100
+    ]
     row = "| " + " | ".join(f"{v:.2f}" for v in vals) + " |"
     return f"{split} mAP (%)\n{head}\n{sep}\n{row}"
 
 
 def per_class_markdown(summary: dict[str, Any]) -> str:
     thr = summary["tiou_thresholds"]
-    lines = ["| class | " + " | ".join(f"AP@{t:g}" for t in thr) + " | mean |", "|---" * (len(thr) + 2) + "|"]
+    lines = [
+        "| class | " + " | ".join(f"AP@{t:g}" for t in thr) + " | mean |",
+        "|---" * (len(thr) + 2) + "|",
+    ]
     for name, aps in sorted(summary["per_class_ap"].items()):
         cells = [f"{100 * a:.2f}" for a in aps] + [f"{100 * float(np.mean(aps)):.2f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -111,7 +116,9 @@ def write_plots(
     return images
 
 
-def plot_timeline(out: dict[str, Any], class_names: Sequence[str], path: Path, *, top: int = 30) -> None:
+def plot_timeline(
+    out: dict[str, Any], class_names: Sequence[str], path: Path, *, top: int = 30
+) -> None:
     """Ground truth vs the top-scored detections over time (like the paper's Fig. 4)."""
     import matplotlib.pyplot as plt
 
@@ -128,17 +135,26 @@ def plot_timeline(out: dict[str, Any], class_names: Sequence[str], path: Path, *
         ax.broken_barh([(s, e - s)], (rows[c] + 0.05, 0.4), color="tab:green")
     for k in order:
         (s, e), c = segs[k], labels[k]
-        ax.broken_barh([(s, e - s)], (rows[c] + 0.5, 0.4), color="tab:blue", alpha=float(np.clip(scores[k], 0.05, 1)))
+        ax.broken_barh(
+            [(s, e - s)],
+            (rows[c] + 0.5, 0.4),
+            color="tab:blue",
+            alpha=float(np.clip(scores[k], 0.05, 1)),
+        )
     ax.set_yticks([rows[c] + 0.5 for c in classes])
     ax.set_yticklabels([class_names[c] if c < len(class_names) else str(c) for c in classes])
     ax.set_xlabel("time (s)")
-    ax.set_title(f"{out['video_id']}: ground truth (green, lower) vs top-{top} detections (blue, alpha = score)")
+    ax.set_title(
+        f"{out['video_id']}: ground truth (green, lower) vs top-{top} detections (blue, alpha = score)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def plot_reliability(confidences: np.ndarray, correct: np.ndarray, path: Path, n_bins: int = 15) -> None:
+def plot_reliability(
+    confidences: np.ndarray, correct: np.ndarray, path: Path, n_bins: int = 15
+) -> None:
     """Reliability diagram of the detection score against "true positive at tIoU 0.5"."""
     import matplotlib.pyplot as plt
 
@@ -146,7 +162,14 @@ def plot_reliability(confidences: np.ndarray, correct: np.ndarray, path: Path, n
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     centers = 0.5 * (data["bin_edges"][:-1] + data["bin_edges"][1:])
     width = np.diff(data["bin_edges"])
-    ax.bar(centers, data["accuracy"], width=width, edgecolor="k", alpha=0.7, label="share of true positives")
+    ax.bar(
+        centers,
+        data["accuracy"],
+        width=width,
+        edgecolor="k",
+        alpha=0.7,
+        label="share of true positives",
+    )
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     ax.set_xlabel("detection score")
     ax.set_ylabel("true positive at tIoU 0.5")

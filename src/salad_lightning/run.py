@@ -12,9 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-CONFIG_DIR = os.environ.get(
-    "SALAD_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "conf")
-)
+CONFIG_DIR = os.environ.get("SALAD_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "conf"))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

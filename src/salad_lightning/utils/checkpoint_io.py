@@ -14,7 +14,9 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temporary file in the target folder, then ``os.replace``."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path, storage_options: Any = None
+    ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -21,5 +21,11 @@ def build_list(node: Any) -> list[Any]:
     """Instantiate every ``_target_`` node of a group mapping (``logger``, ``callbacks``)."""
     if node is None:
         return []
-    items = node.values() if isinstance(node, DictConfig) else node if isinstance(node, ListConfig) else []
+    items = (
+        node.values()
+        if isinstance(node, DictConfig)
+        else node
+        if isinstance(node, ListConfig)
+        else []
+    )
     return [build(item) for item in items if isinstance(item, DictConfig) and "_target_" in item]
