@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,15 @@ def _trainer(cfg: DictConfig, out_dir: Path) -> tuple[pl.Trainer, list[Any]]:
     return trainer, loggers
 
 
+@contextmanager
+def _session(cfg: DictConfig) -> Iterator[tuple[Any, Any, pl.Trainer, list[Any], Path]]:
+    """Datamodule, model, trainer and loggers of one run; loggers closed however it ends."""
+    datamodule, model, out_dir = _prepare(cfg)
+    trainer, loggers = _trainer(cfg, out_dir)
+    with closing_loggers(loggers):
+        yield datamodule, model, trainer, loggers, out_dir
+
+
 def _check_classes(cfg: DictConfig, datamodule: Any) -> None:
     """The config's class count must match the annotation file's class index."""
     names = datamodule.class_index.names
@@ -92,9 +103,7 @@ def _finish_test(model: Any, trainer: pl.Trainer, loggers: list[Any], out_dir: P
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit on the training split, then test the last checkpoint. Returns the test metrics."""
-    datamodule, model, out_dir = _prepare(cfg)
-    trainer, loggers = _trainer(cfg, out_dir)
-    with closing_loggers(loggers):
+    with _session(cfg) as (datamodule, model, trainer, loggers, out_dir):
         datamodule.setup("fit")
         _check_classes(cfg, datamodule)
         atomic_write_json(
@@ -133,9 +142,7 @@ def _require_ckpt(cfg: DictConfig, mode: str) -> str:
 def test(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint on the test split."""
     ckpt = _require_ckpt(cfg, "test")
-    datamodule, model, out_dir = _prepare(cfg)
-    trainer, loggers = _trainer(cfg, out_dir)
-    with closing_loggers(loggers):
+    with _session(cfg) as (datamodule, model, trainer, loggers, out_dir):
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
         summary = _finish_test(model, trainer, loggers, out_dir, cfg)
         if trainer.is_global_zero:
@@ -146,9 +153,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
 def validate(cfg: DictConfig) -> dict[str, float]:
     """Validation metrics of a checkpoint (the holdout split), in one process or under DDP."""
     ckpt = _require_ckpt(cfg, "validate")
-    datamodule, model, out_dir = _prepare(cfg)
-    trainer, loggers = _trainer(cfg, out_dir)
-    with closing_loggers(loggers):
+    with _session(cfg) as (datamodule, model, trainer, _, out_dir):
         trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt)
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if trainer.is_global_zero:
@@ -159,9 +164,7 @@ def validate(cfg: DictConfig) -> dict[str, float]:
 def predict(cfg: DictConfig) -> Path:
     """Detections for a features folder or one ``.npy`` file, as an ActivityNet results JSON."""
     ckpt = _require_ckpt(cfg, "predict")
-    datamodule, model, out_dir = _prepare(cfg)
-    trainer, loggers = _trainer(cfg, out_dir)
-    with closing_loggers(loggers):
+    with _session(cfg) as (datamodule, model, trainer, _, out_dir):
         batches = trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt)
         preds = [p for batch in batches or [] for p in batch]
         path = Path(cfg.get("predict_output") or out_dir / "results.json")
