@@ -73,3 +73,25 @@ def test_default_is_the_synthetic_quick_start(tmp_path):
     cfg = compose_cfg(tmp_path, [], tiny=False)
     assert cfg.dataset.name == "synthetic" and cfg.mode == "train"
     assert cfg.dataset.generate._target_.endswith("ensure_synthetic_dataset")
+
+
+def test_the_slurm_launcher_config_composes(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.tasks_per_node == 1
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard"])
+def test_logger_configs_instantiate(tmp_path, logger):
+    from salad_lightning.utils.instantiate import build_list
+
+    cfg = compose_cfg(tmp_path, [f"logger={logger}"], tiny=False)
+    loggers = build_list(cfg.logger)
+    assert [type(lg).__name__ for lg in loggers] == [
+        {"csv": "CSVLogger", "tensorboard": "TensorBoardLogger"}[logger]
+    ]
