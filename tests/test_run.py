@@ -197,3 +197,27 @@ def test_a_failing_job_still_finishes_its_wandb_run(tmp_path, monkeypatch):
     logs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*/logs/debug.log"))
     assert len(logs) == 1
     assert "got exitcode: 1" in logs[0].read_text()  # marked failed
+
+
+def test_export_alpha_then_train_with_frozen_pruning(tmp_path):
+    _, out = _train(tmp_path)
+    alpha = tmp_path / "alpha.npz"
+    cfg = compose_cfg(
+        tmp_path / "export",
+        [
+            "mode=export_alpha",
+            f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+            f"alpha_output={alpha}",
+        ],
+    )
+    run_pipeline(cfg)
+    with np.load(alpha) as data:
+        ann = json.loads((tmp_path / "cache" / "synthetic_seed0" / "annotations.json").read_text())
+        train_ids = {v for v, rec in ann["database"].items() if rec["subset"] == "Validation"}
+        assert set(data.files) <= train_ids and len(data.files) >= len(train_ids) - 3  # holdout
+        some = data[sorted(data.files)[0]]
+        assert some.dtype == bool and some.ndim == 2 and some.any()
+    summary, _ = _train(
+        tmp_path / "frozen", ["ablation=pruning_frozen", f"model.frozen_alpha_path={alpha}"]
+    )
+    assert 0.0 <= summary["test/mAP"] <= 1.0

@@ -175,7 +175,12 @@ def predict(cfg: DictConfig) -> Path:
 
 
 def export_alpha(cfg: DictConfig) -> Path:
-    """Write the alpha of Algorithm 1 on every training video (for ``pruning=frozen``)."""
+    """Write the alpha of Algorithm 1 on every training video (for ``pruning=frozen``).
+
+    SALAD's own pruning (Algorithm 1 with the checkpoint's scores and segments, at the
+    run's µ) on whole videos, on the CPU.
+    """
+    from salad_lightning.losses.matching import greedy_match
     from salad_lightning.utils.frozen import save_frozen_alpha
 
     ckpt = _require_ckpt(cfg, "export_alpha")
@@ -188,12 +193,13 @@ def export_alpha(cfg: DictConfig) -> Path:
     with torch.no_grad():
         for batch in datamodule.full_train_dataloader():
             out, segments = model._segments(batch)
-            match = model.criterion.match(
+            match = greedy_match(
                 segments,
-                out.score_logits,
+                torch.sigmoid(out.score_logits),
                 batch["gt_segments"],
                 batch["gt_mask"],
                 batch["frame_mask"],
+                model.criterion.mu,
             )
             for i, meta in enumerate(batch["meta"]):
                 n = int(batch["gt_mask"][i].sum())
