@@ -13,6 +13,7 @@ import torch
 from _runcfg import compose_cfg, run_cli
 from salad_lightning import evaluate
 from salad_lightning.pipeline import run as run_pipeline
+from salad_lightning.utils.frozen import FrozenAlpha
 
 pytestmark = pytest.mark.slow
 
@@ -211,13 +212,25 @@ def test_export_alpha_then_train_with_frozen_pruning(tmp_path):
         ],
     )
     run_pipeline(cfg)
-    with np.load(alpha) as data:
-        ann = json.loads((tmp_path / "cache" / "synthetic_seed0" / "annotations.json").read_text())
-        train_ids = {v for v, rec in ann["database"].items() if rec["subset"] == "Validation"}
-        assert set(data.files) <= train_ids and len(data.files) >= len(train_ids) - 3  # holdout
-        some = data[sorted(data.files)[0]]
-        assert some.dtype == bool and some.ndim == 2 and some.any()
+    alphas = FrozenAlpha.load(alpha).alphas
+    ann = json.loads((tmp_path / "cache" / "synthetic_seed0" / "annotations.json").read_text())
+    train_ids = {v for v, rec in ann["database"].items() if rec["subset"] == "Validation"}
+    assert set(alphas) <= train_ids and len(alphas) >= len(train_ids) - 3  # minus the holdout
+    assert all(a.dtype == bool and a.ndim == 2 for a in alphas.values())
+    assert any(a.any() for a in alphas.values())
     summary, _ = _train(
         tmp_path / "frozen", ["ablation=pruning_frozen", f"model.frozen_alpha_path={alpha}"]
     )
     assert 0.0 <= summary["test/mAP"] <= 1.0
+
+
+def test_results_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    _, out = _train(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    for path in (out / "metrics.json", out / "results.json", out / "checkpoints" / "last.ckpt"):
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path

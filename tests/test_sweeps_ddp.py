@@ -66,6 +66,7 @@ def test_ddp_cpu_trains_and_its_val_map_equals_single_process(tmp_path):
             "trainer=ddp_cpu",
             *_base(tmp_path),
             "trainer.max_epochs=6",
+            "model.cls_pretrain_epochs=1",  # the heads that sit out must not stall DDP
             "test_after_training=false",
             # 13 videos validated on 2 ranks (an uneven split); validating on the training
             # videos gives a tiny model a non-zero mAP to compare within a few epochs
@@ -91,3 +92,27 @@ def test_ddp_cpu_trains_and_its_val_map_equals_single_process(tmp_path):
     single = run_pipeline(cfg)["val"]["val/mAP"]
     assert ddp_val > 0.0
     assert single == pytest.approx(ddp_val, abs=1e-9)
+
+
+@pytest.mark.ddp
+def test_ddp_cpu_predict_writes_every_video(tmp_path):
+    base = _base(tmp_path)
+    res = run_cli([*base, "trainer.max_epochs=1", "test_after_training=false"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = next((tmp_path / "logs" / "runs").glob("*/checkpoints/last.ckpt"))
+    features = tmp_path / "cache" / "synthetic_seed0" / "features"
+    dest = tmp_path / "pred.json"
+    res = run_cli(
+        [
+            *base,
+            "trainer=ddp_cpu",
+            "mode=predict",
+            f"ckpt_path={ckpt}",
+            f"+dataset.datamodule.predict_path={features}",
+            f"predict_output={dest}",
+        ],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    videos = json.loads(dest.read_text())["results"]
+    assert set(videos) == {p.stem for p in features.glob("*.npy")}

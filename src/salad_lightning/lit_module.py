@@ -18,9 +18,19 @@ from salad_lightning.losses.criterion import SaladCriterion
 from salad_lightning.metrics import TemporalActionDetectionMAP
 from salad_lightning.metrics.calibration import expected_calibration_error, true_positive_flags
 from salad_lightning.models.postprocess import offsets_to_segments, postprocess_batch
+from salad_lightning.utils.distributed import gather_videos
 from salad_lightning.utils.frozen import FrozenAlpha
 
 STAT_KEYS = ("pruned_share", "gt_matched_share", "positives_per_video")
+
+
+def _datamodule_fact(dm: Any, name: str) -> Any:
+    """``dm.<name>``, or None when the datamodule cannot know it (no annotations or no
+    training split, e.g. predicting from features alone: the checkpoint then has it)."""
+    try:
+        return getattr(dm, name, None)
+    except (ValueError, FileNotFoundError, KeyError):
+        return None
 
 
 class SaladLitModule(pl.LightningModule):
@@ -84,22 +94,44 @@ class SaladLitModule(pl.LightningModule):
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        if dm is None:
-            return
+        if dm is not None and float(self.max_offset) <= 0:
+            offset = _datamodule_fact(dm, "max_offset")
+            if offset is not None:
+                self.max_offset.fill_(float(offset))
+        if dm is not None and self.class_names is None:
+            index = _datamodule_fact(dm, "class_index")
+            if index is not None:
+                self.class_names = list(index.names)
+        if self.compile and stage == "fit" and self._compiled_net is None:
+            # compiled beside the registered net: checkpoints keep the plain `net.*` keys
+            self.__dict__["_compiled_net"] = torch.compile(self.net, dynamic=True)
+
+    _compiled_net = None
+
+    def _require_max_offset(self) -> None:
+        """After a checkpoint restore, W must be known (from training data or the checkpoint)."""
         if float(self.max_offset) <= 0:
-            if getattr(dm, "max_offset", None) is None:
-                raise ValueError(
-                    "model.max_offset is null and the datamodule has no training split to "
-                    "compute it from; pass model.max_offset=<steps> (it is stored in checkpoints)"
-                )
-            self.max_offset.fill_(float(dm.max_offset))
-        if self.class_names is None and getattr(dm, "class_index", None) is not None:
-            self.class_names = list(dm.class_index.names)
-        if self.compile and stage == "fit":
-            self.net = torch.compile(self.net, dynamic=True)
+            raise ValueError(
+                "model.max_offset is null, the checkpoint has none and the datamodule has no "
+                "training split to compute it from; pass model.max_offset=<steps>"
+            )
+
+    def on_fit_start(self) -> None:
+        self._require_max_offset()
+
+    def on_validation_start(self) -> None:
+        self._require_max_offset()
+
+    def on_test_start(self) -> None:
+        self._require_max_offset()
+
+    def on_predict_start(self) -> None:
+        self._require_max_offset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["class_names"] = self.class_names
+        # the matching settings a later `mode=export_alpha` must reuse
+        checkpoint["matching"] = {"mu": self.criterion.mu}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get("class_names"):
@@ -149,7 +181,8 @@ class SaladLitModule(pl.LightningModule):
 
     def _segments(self, batch) -> tuple[Any, torch.Tensor]:
         lengths = batch["lengths_cpu"] if "lengths_cpu" in batch else batch["lengths"].cpu()
-        out = self.net(batch["features"], lengths)
+        net = self._compiled_net if self._compiled_net is not None and self.training else self.net
+        out = net(batch["features"], lengths)
         return out, offsets_to_segments(out.offsets, self.max_offset)
 
     # ---------------------------------------------------------------- training
@@ -169,6 +202,10 @@ class SaladLitModule(pl.LightningModule):
         )
         if self._logging_step():
             self._log_train(result, batch["features"].shape[0])
+        if self.current_epoch < self.cls_pretrain_epochs:
+            # the regression and self-assessment heads sit out of the classification
+            # pre-training; keep them in the graph so that DDP's reducer sees every parameter
+            return result.total + 0.0 * (out.offsets.sum() + out.score_logits.sum())
         return result.total
 
     def _logging_step(self) -> bool:
@@ -259,7 +296,13 @@ class SaladLitModule(pl.LightningModule):
         logs[f"{split}/ece"] = torch.tensor(float(ece))
         # The metric already reduced across processes: every rank logs the same value.
         self.log_dict(logs, sync_dist=False)
-        self.last_eval = {"split": split, "values": values, "confidences": conf, "correct": correct}
+        self.last_eval = {
+            "split": split,
+            "values": values,
+            "confidences": conf,
+            "correct": correct,
+            "n_bins": self.calibration_bins,
+        }
 
     def _gather_calibration(self) -> tuple[np.ndarray, np.ndarray]:
         conf = np.concatenate([c for c, _ in self._calib]) if self._calib else np.zeros(0)
@@ -279,16 +322,7 @@ class SaladLitModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._finish_eval("test", self.test_map)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, self.test_outputs)
-            seen, merged = set(), []
-            for part in gathered:
-                for item in part:
-                    if item["video_id"] not in seen:
-                        seen.add(item["video_id"])
-                        merged.append(item)
-            self.test_outputs = merged
+        self.test_outputs = gather_videos(self.test_outputs)
 
     def predict_step(self, batch, batch_idx: int) -> list[dict[str, Any]]:
         preds = self._predict_batch(batch)

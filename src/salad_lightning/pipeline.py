@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from salad_lightning import reporting
+from salad_lightning.utils.distributed import gather_videos
 from salad_lightning.utils.instantiate import build, build_list
 from salad_lightning.utils.io import atomic_write_json, atomic_write_text
 from salad_lightning.utils.loggers import closing_loggers, log_images
@@ -95,6 +96,7 @@ def _finish_test(model: Any, trainer: pl.Trainer, loggers: list[Any], out_dir: P
             model.last_eval.get("correct"),
             out_dir / "plots",
             num_timelines=int(cfg.get("num_timeline_plots", 4)),
+            n_bins=int(model.last_eval.get("n_bins", 15)),
         )
         log_images(loggers, images)
         print(reporting.map_table(summary))
@@ -112,7 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         summary: dict[str, Any] = {}
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        if cfg.get("test_after_training", True):
+        if cfg.get("test_after_training", True) and datamodule.hparams.test_subset is not None:
             ckpt = _last_checkpoint(trainer)
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
             summary = _finish_test(model, trainer, loggers, out_dir, cfg)
@@ -166,7 +168,7 @@ def predict(cfg: DictConfig) -> Path:
     ckpt = _require_ckpt(cfg, "predict")
     with _session(cfg) as (datamodule, model, trainer, _, out_dir):
         batches = trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt)
-        preds = [p for batch in batches or [] for p in batch]
+        preds = gather_videos([p for batch in batches or [] for p in batch])
         path = Path(cfg.get("predict_output") or out_dir / "results.json")
         if trainer.is_global_zero:
             atomic_write_json(path, reporting.results_json(preds, model.class_names or []))
@@ -187,6 +189,8 @@ def export_alpha(cfg: DictConfig) -> Path:
     datamodule, model, out_dir = _prepare(cfg)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     model.load_state_dict(state["state_dict"])
+    # the µ the checkpoint was trained with (older checkpoints: the config's)
+    mu = float(state.get("matching", {}).get("mu", model.criterion.mu))
     model.eval()
     datamodule.setup("fit")
     alphas = {}
@@ -199,7 +203,7 @@ def export_alpha(cfg: DictConfig) -> Path:
                 batch["gt_segments"],
                 batch["gt_mask"],
                 batch["frame_mask"],
-                model.criterion.mu,
+                mu,
             )
             for i, meta in enumerate(batch["meta"]):
                 n = int(batch["gt_mask"][i].sum())

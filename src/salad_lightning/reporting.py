@@ -41,7 +41,8 @@ def summarise(last_eval: dict[str, Any], class_names: Sequence[str]) -> dict[str
     if conf is not None and len(conf):
         from salad_lightning.metrics.calibration import expected_calibration_error
 
-        summary[f"{split}/ece"] = float(expected_calibration_error(conf, correct))
+        n_bins = int(last_eval.get("n_bins", 15))
+        summary[f"{split}/ece"] = float(expected_calibration_error(conf, correct, n_bins=n_bins))
     summary["per_class_ap"] = table
     return summary
 
@@ -97,6 +98,7 @@ def write_plots(
     out_dir: Path,
     *,
     num_timelines: int = 4,
+    n_bins: int = 15,
 ) -> dict[str, Path]:
     """Detection timelines for a few test videos and the reliability diagram; returns key -> PNG."""
     import matplotlib
@@ -111,7 +113,7 @@ def write_plots(
         images[f"timeline/{out['video_id']}"] = path
     if confidences is not None and len(confidences):
         path = out_dir / "reliability.png"
-        plot_reliability(confidences, correct, path)
+        plot_reliability(confidences, correct, path, n_bins=n_bins)
         images["calibration/reliability"] = path
     return images
 

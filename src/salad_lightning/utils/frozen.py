@@ -14,12 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 
+_PREFIX = "video:"
+
 
 def save_frozen_alpha(path: str | Path, alphas: dict[str, np.ndarray]) -> Path:
     """Write ``{video_id: (T, N) bool}`` to ``path`` (npz, written atomically)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, **{vid: np.asarray(a, dtype=bool) for vid, a in alphas.items()})
+    # keys are prefixed: a video id such as "file" must not collide with savez's arguments
+    arrays = {f"{_PREFIX}{vid}": np.asarray(a, dtype=bool) for vid, a in alphas.items()}
+    np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
     return path
 
@@ -39,7 +43,7 @@ class FrozenAlpha:
                 "(mode=export_alpha ckpt_path=...) and pass model.frozen_alpha_path=<file>"
             )
         with np.load(path) as data:
-            return cls({k: data[k] for k in data.files})
+            return cls({k.removeprefix(_PREFIX): data[k] for k in data.files})
 
     def batch_alpha(self, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
         """(B, T, N) alpha of the batch's crops and kept ground truths."""
