@@ -12,8 +12,9 @@ an error (a stale folder). Each cell is the mean ± sample standard deviation
 
 ``--paper`` names one of the paper's tables (Tables 5-7 of SALAD, WACV 2021): its
 rows come first, in the paper's order and with the paper's labels and numbers;
-rows the paper does not have follow, sorted. ``--list`` prints ``row<TAB>seed<TAB>folder``
-per run instead of the table (the scripts find checkpoints with it).
+rows the paper does not have follow, sorted. ``--list`` prints, per run,
+``row<TAB>seed<TAB>folder<TAB>average test mAP (%)`` instead of the table (the
+scripts find checkpoints with it; it also shows seed-by-seed comparisons).
 """
 
 from __future__ import annotations
@@ -53,9 +54,16 @@ PAPER: dict[str, dict[str, tuple[str, tuple[float, ...] | None]]] = {
         "normalized_product": ("Normalized product", (67.2, 65.2, 64.5, 53.8, 43.2)),
         "regression": ("SALAD (regression score only)", SALAD),
     },
-    # The paper states lambda1 = 1, lambda2 = 0.1, mu = 0.5 and reports no sweep.
+    # Rows by model.loss.lambda1,lambda2,mu, one changed at a time. The paper states
+    # lambda1 = 1, lambda2 = 0.1, mu = 0.5 (its SALAD row) and reports no sweep.
     "sensitivity": {
-        "1.0,0.1,0.5": ("lambda1=1, lambda2=0.1, mu=0.5 (the paper's setting)", SALAD),
+        "1.0,0.1,0.5": ("λ1 = 1, λ2 = 0.1, µ = 0.5 (the paper's setting)", SALAD),
+        "0.5,0.1,0.5": ("λ1 = 0.5", None),
+        "2.0,0.1,0.5": ("λ1 = 2", None),
+        "1.0,0.05,0.5": ("λ2 = 0.05", None),
+        "1.0,0.5,0.5": ("λ2 = 0.5", None),
+        "1.0,0.1,0.3": ("µ = 0.3", None),
+        "1.0,0.1,0.7": ("µ = 0.7", None),
     },
 }
 
@@ -164,10 +172,8 @@ def to_markdown(tious: list[float], rows: list[Row], row_keys: list[str]) -> str
     if has_paper:
         head.append("paper mAP@" + "/".join(f"{t:g}" for t in PAPER_TIOU))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    avg: dict[str, float] = {}
+    avg = {r.key: mean(r.mean[t] for t in tious) for r in rows}
     for r in rows:
-        per_seed = [mean(r.mean[t] for t in tious)]  # the mean of the columns' means
-        avg[r.key] = per_seed[0]
         cells = [r.label, ",".join(map(str, r.seeds))]
         cells += [_cell(r.mean[t], r.std[t]) for t in tious] + [f"{avg[r.key]:.2f}"]
         if has_paper:
@@ -195,21 +201,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", required=True, help="config key(s), comma-separated")
     p.add_argument("--paper", choices=sorted(PAPER), default=None)
     p.add_argument("--markdown", type=Path, default=None, help="also write the table here")
-    p.add_argument("--title", default=None, help="a heading for the markdown file")
-    p.add_argument("--list", action="store_true", help="print row, seed, folder per run")
+    p.add_argument("--title", default=None, help="a heading above the table")
+    p.add_argument("--note", action="append", default=[], help="a line under the heading")
+    p.add_argument(
+        "--list", action="store_true", help="print row, seed, folder, average mAP per run"
+    )
     args = p.parse_args(argv)
     keys = [k.strip() for k in args.rows.split(",") if k.strip()]
-    runs = load_runs(args.run_dirs, keys)
+    try:
+        runs = load_runs(args.run_dirs, keys)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"aggregate.py: {e}", file=sys.stderr)
+        return 2
     if not runs:
         print(f"no finished test runs under {', '.join(map(str, args.run_dirs))}", file=sys.stderr)
         return 1
     if args.list:
         for r in runs:
-            print(f"{r.row}\t{r.seed}\t{r.folder}")
+            average = 100.0 * mean(r.maps.values())
+            print(f"{r.row}\t{r.seed}\t{r.folder}\t{average:.2f}")
         return 0
     text = to_markdown(*summarise(runs, args.paper), keys)
-    if args.title:
-        text = f"# {args.title}\n\n{text}"
+    head = ([f"# {args.title}", ""] if args.title else []) + [f"- {n}" for n in args.note]
+    if head:
+        text = "\n".join([*head, "", text])
     print(text, end="")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

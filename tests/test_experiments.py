@@ -1,0 +1,210 @@
+"""experiments/: the table aggregation on hand-made run folders, and the experiment configs.
+
+The slow tests run ``experiment=thumos_paper`` and ``experiment=anet_paper`` for one
+epoch, end to end, on tiny fixtures in the real on-disk layouts (a tiny network).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _runcfg import REPO, compose_cfg, run_cli
+from salad_lightning.data.thumos_like import select_videos
+
+_spec = importlib.util.spec_from_file_location("aggregate", REPO / "experiments" / "aggregate.py")
+aggregate = importlib.util.module_from_spec(_spec)
+sys.modules["aggregate"] = aggregate  # dataclasses look their module up
+_spec.loader.exec_module(aggregate)
+
+TIOU = [0.1, 0.2, 0.3, 0.4, 0.5]
+
+
+def _fake_run(folder: Path, *, seed: int, pruning: str, maps: list[float], mu: float = 0.5):
+    """A run folder as the app writes it: metrics.json and config_resolved.yaml."""
+    folder.mkdir(parents=True)
+    metrics = {"split": "test", "tiou_thresholds": TIOU, "val": {"val/mAP": 0.5}}
+    metrics.update({f"test/mAP@{t}": m for t, m in zip(TIOU, maps)})
+    metrics["test/mAP"] = sum(maps) / len(maps)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    cfg = {"seed": seed, "model": {"loss": {"pruning": pruning, "mu": mu, "lambda1": 1}}}
+    (folder / "config_resolved.yaml").write_text(yaml.safe_dump(cfg))
+
+
+@pytest.fixture
+def pruning_runs(tmp_path) -> Path:
+    """SALAD over seeds 0-2, no pruning over seeds 0-1, and an unknown row; a multirun layout."""
+    root = tmp_path / "sweep"
+    salad = {0: [0.30, 0.20, 0.10, 0.05, 0.01], 1: [0.40, 0.30, 0.20, 0.15, 0.02]}
+    salad[2] = [0.50, 0.25, 0.30, 0.10, 0.03]
+    for i, (seed, maps) in enumerate(salad.items()):
+        _fake_run(root / "main" / str(i), seed=seed, pruning="salad", maps=maps)
+    _fake_run(root / "main" / "3", seed=1, pruning="none", maps=[0.2, 0.2, 0.2, 0.2, 0.2])
+    _fake_run(root / "main" / "4", seed=0, pruning="none", maps=[0.1, 0.1, 0.1, 0.1, 0.1])
+    _fake_run(root / "other" / "0", seed=0, pruning="zzz_new", maps=[0.0] * 5)
+    (root / "alpha_export" / "0").mkdir(parents=True)  # a run without metrics is skipped
+    (root / "alpha_export" / "0" / "config_resolved.yaml").write_text("seed: 0\n")
+    return root
+
+
+def test_aggregate_mean_and_std_by_hand(pruning_runs):
+    runs = aggregate.load_runs([pruning_runs], ["model.loss.pruning"])
+    tious, rows = aggregate.summarise(runs, "pruning")
+    assert tious == TIOU
+    # the paper's order (its rows present here), then rows it does not have, sorted
+    assert [r.key for r in rows] == ["none", "salad", "zzz_new"]
+    salad = rows[1]
+    assert salad.seeds == (0, 1, 2) and salad.label == "SALAD (pruning)"
+    assert salad.paper == (73.3, 70.7, 65.7, 57.0, 44.6)
+    # mAP@0.1 in %: 30, 40, 50 -> mean 40, sample std 10
+    assert salad.mean[0.1] == pytest.approx(40.0)
+    assert salad.std[0.1] == pytest.approx(10.0)
+    # mAP@0.3: 10, 20, 30 -> 20 ± 10; mAP@0.2: 20, 30, 25 -> 25 ± 5
+    assert salad.mean[0.3] == pytest.approx(20.0) and salad.std[0.3] == pytest.approx(10.0)
+    assert salad.mean[0.2] == pytest.approx(25.0) and salad.std[0.2] == pytest.approx(5.0)
+    # mAP@0.5: 1, 2, 3 -> 2 ± 1
+    assert salad.mean[0.5] == pytest.approx(2.0) and salad.std[0.5] == pytest.approx(1.0)
+    none = rows[0]
+    assert none.seeds == (0, 1)
+    assert none.mean[0.4] == pytest.approx(15.0)
+    assert none.std[0.4] == pytest.approx(math.sqrt(50.0))  # 10, 20: sqrt(((-5)^2 + 5^2) / 1)
+    assert rows[2].paper is None and math.isnan(rows[2].std[0.1])
+
+
+def test_aggregate_cli_prints_and_writes_the_same_markdown(pruning_runs, tmp_path, capsys):
+    out = tmp_path / "table.md"
+    args = [str(pruning_runs), "--rows", "model.loss.pruning", "--paper", "pruning"]
+    rc = aggregate.main([*args, "--markdown", str(out), "--title", "T5", "--note", "command: x"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert out.read_text() == printed
+    lines = printed.splitlines()
+    assert lines[:4] == ["# T5", "", "- command: x", ""]
+    assert (
+        "| SALAD (pruning) | 0,1,2 | 40.00 ± 10.00 | 25.00 ± 5.00 | 20.00 ± 10.00 "
+        "| 10.00 ± 5.00 | 2.00 ± 1.00 | 19.40 | 73.3 / 70.7 / 65.7 / 57.0 / 44.6 |" in lines
+    )
+    assert "| zzz_new | 0 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | – |" in lines
+    assert "- ours, by average: salad (19.40) > none (15.00) > zzz_new (0.00)" in lines
+    # deterministic: the same input prints the same bytes
+    assert aggregate.main(args) == 0
+    assert capsys.readouterr().out == printed.split("\n\n", 2)[2]
+
+    assert aggregate.main([*args[:3], "--list"]) == 0
+    listed = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [row[:2] for row in listed if row[0] == "salad"] == [
+        ["salad", "0"],
+        ["salad", "1"],
+        ["salad", "2"],
+    ]
+    assert Path(listed[0][2]).parent.name in {"main", "other"}
+    assert [row[3] for row in listed if row[0] == "salad"] == ["13.20", "21.40", "23.60"]
+
+
+def test_aggregate_rows_of_several_keys_and_stale_runs(tmp_path, capsys):
+    for i, mu in enumerate((0.5, 0.7)):
+        _fake_run(tmp_path / "s" / str(i), seed=0, pruning="salad", maps=[0.1] * 5, mu=mu)
+    runs = aggregate.load_runs([tmp_path / "s"], ["model.loss.lambda1", "model.loss.mu"])
+    assert sorted(r.row for r in runs) == ["1.0,0.5", "1.0,0.7"]  # ints read as floats
+    # two runs of one row and seed: an error naming both folders
+    _fake_run(tmp_path / "s" / "2", seed=0, pruning="salad", maps=[0.2] * 5, mu=0.7)
+    assert aggregate.main([str(tmp_path / "s"), "--rows", "model.loss.mu"]) == 2
+    err = capsys.readouterr().err
+    assert "seed 0 has two runs" in err and str(tmp_path / "s" / "2") in err
+    assert aggregate.main([str(tmp_path / "s"), "--rows", "model.loss.nope"]) == 2
+    assert "no key 'model.loss.nope'" in capsys.readouterr().err
+
+
+def test_thumos_shaped_cpu_composes(tmp_path):
+    cfg = compose_cfg(tmp_path, ["experiment=thumos_shaped_cpu"], tiny=False)
+    assert cfg.dataset.name == "thumos14"
+    assert cfg.dataset.root == f"{tmp_path / 'cache'}/thumos_like_f0.25_d64"
+    dm = cfg.dataset.datamodule
+    assert dm.annotation_file.endswith("thumos_like_f0.25_d64/annotations/thumos14.json")
+    assert (dm.feature_dim, dm.downsample, dm.stride, dm.window) == (64, 4, 4, 16)
+    assert list(cfg.dataset.tiou_thresholds) == TIOU == list(cfg.model.tiou_thresholds)
+    assert cfg.model.net.hidden_size == 64 and cfg.model.net.input_dim == 64  # model=small
+    assert cfg.model.postprocess.nms == "soft"
+    assert "thumos_shaped_cpu" in cfg.tags
+
+
+TINY_NET = [
+    "model.net.hidden_size=8",
+    "model.net.reg_dims=[8,8,8]",
+    "model.net.sa_dims=[8,8,8]",
+    "model.net.cls_dims=[8,8]",
+    "model.cls_pretrain_epochs=0",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "dataset.datamodule.num_workers=0",
+    "dataset.datamodule.pin_memory=false",
+    "num_timeline_plots=0",
+]
+
+
+def _one_epoch(tmp_path: Path, overrides: list[str]) -> tuple[dict, dict]:
+    out = tmp_path / "out"
+    proc = run_cli([*overrides, *TINY_NET, f"paths.root_dir={out}"], cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (metrics_path,) = out.rglob("metrics.json")
+    cfg = yaml.safe_load((metrics_path.parent / "config_resolved.yaml").read_text())
+    assert (metrics_path.parent / "checkpoints" / "last.ckpt").is_file()
+    return json.loads(metrics_path.read_text()), cfg
+
+
+@pytest.mark.slow
+def test_thumos_paper_runs_one_epoch(tmp_path, thumos_folder):
+    """ActionFormer's layout with the real THUMOS14 file (every class, 18 + 18 videos)."""
+    root = tmp_path / "thumos"
+    (root / "annotations").mkdir(parents=True)
+    data = json.loads(Path(thumos_folder.annotation_file).read_text())
+    keep = select_videos(data["database"], 0.01)
+    data["database"] = {v: data["database"][v] for v in keep}
+    (root / "annotations" / "thumos14.json").write_text(json.dumps(data))
+    (root / "i3d_features").symlink_to(thumos_folder.feature_dir, target_is_directory=True)
+    metrics, cfg = _one_epoch(
+        tmp_path,
+        [
+            "experiment=thumos_paper",
+            f"dataset.root={root}",
+            f"dataset.feature_dim={thumos_folder.feature_dim}",
+            "dataset.datamodule.max_seq_len=128",
+        ],
+    )
+    assert cfg["tags"] == ["thumos_paper"] and cfg["dataset"]["name"] == "thumos14"
+    assert (
+        cfg["model"]["optimizer"]["lr"] == 1e-4 and cfg["dataset"]["datamodule"]["batch_size"] == 4
+    )
+    assert cfg["model"]["postprocess"]["nms"] == "soft"
+    assert metrics["tiou_thresholds"] == [0.3, 0.4, 0.5, 0.6, 0.7]
+    assert all(0.0 <= metrics[f"test/mAP@{t}"] <= 1.0 for t in metrics["tiou_thresholds"])
+
+
+@pytest.mark.slow
+def test_anet_paper_runs_one_epoch(tmp_path, anet_folder):
+    """The official ActivityNet 1.3 schema, ``{root}/activity_net.v1-3.min.json`` + ``features/v_*.npy``."""
+    root = Path(anet_folder.annotation_file).parent
+    assert Path(anet_folder.feature_dir) == root / "features"
+    metrics, cfg = _one_epoch(
+        tmp_path,
+        [
+            "experiment=anet_paper",
+            f"dataset.root={root}",
+            f"dataset.feature_dim={anet_folder.feature_dim}",
+            "dataset.num_classes=4",
+        ],
+    )
+    assert cfg["tags"] == ["anet_paper"] and cfg["dataset"]["name"] == "anet13"
+    assert cfg["dataset"]["datamodule"]["resize_to"] == 100
+    assert (
+        cfg["model"]["postprocess"]["top_k"] == 20 and cfg["model"]["postprocess"]["nms"] == "none"
+    )
+    assert len(metrics["tiou_thresholds"]) == 10
+    assert all(0.0 <= metrics[f"test/mAP@{t}"] <= 1.0 for t in metrics["tiou_thresholds"])
