@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The THUMOS14-shaped benchmark the CPU tables run on: the real THUMOS14 annotation
 # file's timing (a quarter of each subset's videos), synthetic 64-d features, seed 0.
-#   bash experiments/tables/prepare.sh [ANNOTATIONS]   (default ../shared/data/thumos14/thumos14.json)
+#   bash experiments/tables/prepare.sh [ANNOTATIONS]
+# ANNOTATIONS: the argument, else $THUMOS14_ANNOTATIONS, else ../shared/data/thumos14/thumos14.json
 # Writes data_cache/thumos_like_f0.25_d64 (experiment=thumos_shaped_cpu reads it);
 # does nothing when it is already there with the same parameters.
-ANNOTATIONS=${1:+$(realpath "$1")}
+ANNOTATIONS=${1:-${THUMOS14_ANNOTATIONS:-}}
+ANNOTATIONS=${ANNOTATIONS:+$(realpath "$ANNOTATIONS")}
 source "$(dirname "$0")/_common.sh"
 ANNOTATIONS=${ANNOTATIONS:-../shared/data/thumos14/thumos14.json}
 "$PYTHON" -m salad_lightning.data.thumos_like --annotations "$ANNOTATIONS" \
