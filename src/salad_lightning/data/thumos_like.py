@@ -163,7 +163,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--feature-dim", type=int, default=2048)
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    parser.add_argument(
+        "--amplitude", type=float, default=None, help="action pattern strength (FeatureModel)"
+    )
+    parser.add_argument("--noise", type=float, default=None, help="per-step noise (FeatureModel)")
     args = parser.parse_args(argv)
+    changes = {k: getattr(args, k) for k in ("amplitude", "noise") if getattr(args, k) is not None}
     out = make_thumos_like(
         args.annotations,
         args.out,
@@ -171,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         feature_dim=args.feature_dim,
         dtype=args.dtype,
+        model=FeatureModel(**changes),
     )
     database = json.loads((out / ANNOTATION_PATH).read_text())["database"]
     subsets: dict[str, int] = {}
