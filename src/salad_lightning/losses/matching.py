@@ -152,7 +152,13 @@ def greedy_match(
     tiou = torch.where(valid_pair, segment_tiou(segments, gt_segments), 0.0)
     if pruning == "random":
         # Drawn before any early return so the generator advances identically for every T.
-        draw = torch.rand((b, t, n), generator=generator, device=device, dtype=torch.float32)
+        # (no `generator=None` keyword: torch.compile cannot trace that overload with
+        # dynamic shapes; both calls draw the same numbers in eager mode)
+        shape, kw = (b, t, n), {"device": device, "dtype": torch.float32}
+        if generator is None:
+            draw = torch.rand(shape, **kw)
+        else:
+            draw = torch.rand(shape, generator=generator, **kw)
     if t == 0:
         empty = torch.zeros((b, 0, n), dtype=torch.bool, device=device)
         no_step = torch.zeros((b, 0), dtype=torch.bool, device=device)

@@ -135,6 +135,15 @@ class SaladNet(nn.Module):
         direction starts at each video's own last step; outputs at padded steps are
         finite but meaningless. ``None`` means every step is valid.
         """
+        return self.heads(self.encode(features, lengths))
+
+    def encode(self, features: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """The temporal encoder's per-step state (B, T, 2 * hidden_size), dropout applied.
+
+        ``forward`` is ``heads(encode(features, lengths))``; training calls the two
+        halves separately so that the heads and the loss can be compiled together
+        while the GRU stays cuDNN's.
+        """
         if features.dim() != 3:
             raise ValueError(f"features must be (B, T, C), found shape {tuple(features.shape)}")
         if features.shape[-1] != self.input_dim:
@@ -142,7 +151,10 @@ class SaladNet(nn.Module):
                 f"features have {features.shape[-1]} channels per step, "
                 f"expected input_dim={self.input_dim}"
             )
-        state = self.dropout(self._encode(features, lengths))
+        return self.dropout(self._encode(features, lengths))
+
+    def heads(self, state: Tensor) -> SaladOutput:
+        """The three heads on the encoder's state (B, T, 2 * hidden_size)."""
         return SaladOutput(
             offsets=torch.sigmoid(self.reg_head(state)),
             score_logits=self.sa_head(state).squeeze(-1),
