@@ -56,7 +56,7 @@ def step_loss(module: SaladLitModule, batch, *, compiled: bool, cls_only: bool =
         cls_only=cls_only,
     )
     logs["train/loss"].backward()
-    grads = [p.grad.clone() for p in module.net.parameters()]
+    grads = [None if p.grad is None else p.grad.clone() for p in module.net.parameters()]
     return {k: v.detach() for k, v in logs.items()}, grads
 
 

@@ -53,9 +53,9 @@ class SaladLitModule(pl.LightningModule):
         frozen_alpha_path: ``.npz`` of per-video alpha written by a trained run
             (ablation ``pruning=frozen``).
         compile: ``torch.compile`` the training step's heads, matching and loss as one
-            graph (the GRU stays cuDNN's). On a GPU this cuts the ~500 small kernel
-            launches of a step to a few dozen; it pays off where the host, not the
-            GRU, bounds the step (short sequences: ActivityNet1.3).
+            graph (the GRU stays cuDNN's). Helps where the host, not the GRU, bounds
+            the step (short sequences); measured on an H100 and on the CPU in
+            experiments/benchmarks/README.md.
     """
 
     def __init__(

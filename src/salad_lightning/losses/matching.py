@@ -152,13 +152,10 @@ def greedy_match(
     tiou = torch.where(valid_pair, segment_tiou(segments, gt_segments), 0.0)
     if pruning == "random":
         # Drawn before any early return so the generator advances identically for every T.
-        # (no `generator=None` keyword: torch.compile cannot trace that overload with
-        # dynamic shapes; both calls draw the same numbers in eager mode)
-        shape, kw = (b, t, n), {"device": device, "dtype": torch.float32}
-        if generator is None:
-            draw = torch.rand(shape, **kw)
-        else:
-            draw = torch.rand(shape, generator=generator, **kw)
+        # `generator` only when given: torch.compile cannot trace the overload that takes
+        # `generator=None` with dynamic shapes (eager draws the same numbers either way)
+        kw = {} if generator is None else {"generator": generator}
+        draw = torch.rand((b, t, n), device=device, dtype=torch.float32, **kw)
     if t == 0:
         empty = torch.zeros((b, 0, n), dtype=torch.bool, device=device)
         no_step = torch.zeros((b, 0), dtype=torch.bool, device=device)
