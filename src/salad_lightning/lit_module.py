@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from salad_lightning.losses.criterion import SaladCriterion
@@ -20,6 +21,7 @@ from salad_lightning.metrics.calibration import expected_calibration_error, true
 from salad_lightning.models.postprocess import offsets_to_segments, postprocess_batch
 from salad_lightning.utils.distributed import gather_videos
 from salad_lightning.utils.frozen import FrozenAlpha
+from salad_lightning.utils.step_graph import StepGraphs
 
 STAT_KEYS = ("pruned_share", "gt_matched_share", "positives_per_video")
 
@@ -56,6 +58,16 @@ class SaladLitModule(pl.LightningModule):
             graph (the GRU stays cuDNN's). Helps where the host, not the GRU, bounds
             the step (short sequences); measured on an H100 and on the CPU in
             experiments/benchmarks/README.md.
+        cuda_graph: run the training step's forward and backward as CUDA graphs
+            (:mod:`salad_lightning.utils.step_graph`) on one CUDA device in 32-bit
+            precision; elsewhere, and with ``pruning=frozen``, every step runs eagerly.
+            Training then uses Lightning's manual optimisation (same optimiser, same
+            per-epoch scheduler steps).
+        cuda_graph_warmup_steps: eager steps before the first capture.
+        cuda_graph_max_graphs: graphs kept (one per batch shape, ground-truth slots,
+            padding and classification pre-training flag); further shapes run eagerly.
+        cuda_graph_time_bucket: padded batches are padded further to a multiple of
+            this many steps, so that few shapes (and graphs) occur.
     """
 
     def __init__(
@@ -73,8 +85,24 @@ class SaladLitModule(pl.LightningModule):
         calibration_bins: int = 15,
         frozen_alpha_path: str | None = None,
         compile: bool = False,
+        cuda_graph: bool = False,
+        cuda_graph_warmup_steps: int = 3,
+        cuda_graph_max_graphs: int = 64,
+        cuda_graph_time_bucket: int = 256,
     ) -> None:
         super().__init__()
+        if compile and cuda_graph:
+            raise ValueError(
+                "model.compile=true and model.cuda_graph=true are alternatives (a graph "
+                "already removes the launch overhead compile targets); set one to false"
+            )
+        for name, value in (
+            ("cuda_graph_warmup_steps", cuda_graph_warmup_steps),
+            ("cuda_graph_max_graphs", cuda_graph_max_graphs),
+            ("cuda_graph_time_bucket", cuda_graph_time_bucket),
+        ):
+            if int(value) < 1:
+                raise ValueError(f"model.{name} must be >= 1, found {value}")
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
         self.net = net
         self.criterion = loss
@@ -87,6 +115,10 @@ class SaladLitModule(pl.LightningModule):
         self.calibration_bins = int(calibration_bins)
         self.frozen = FrozenAlpha.load(frozen_alpha_path) if frozen_alpha_path else None
         self.compile = bool(compile)
+        self.cuda_graph = bool(cuda_graph)
+        # manual optimisation: the graph runs forward + backward, the optimiser steps after it
+        self.automatic_optimization = not self.cuda_graph
+        self.step_graphs: StepGraphs | None = None
         self.register_buffer("max_offset", torch.tensor(float(max_offset or 0.0)))
         self.val_map = TemporalActionDetectionMAP(tiou_thresholds=self.tiou_thresholds)
         self.test_map = TemporalActionDetectionMAP(tiou_thresholds=self.tiou_thresholds)
@@ -192,10 +224,21 @@ class SaladLitModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        cls_only = self.current_epoch < self.cls_pretrain_epochs
+        if self.automatic_optimization:
+            result = self._step_logs(batch, cls_only)
+        else:
+            result = self._manual_step(batch, cls_only)
+        if self._logging_step():
+            self._log_train(result, batch["features"].shape[0])
+        return result["train/loss"]
+
+    def _step_logs(self, batch, cls_only: bool) -> dict[str, torch.Tensor]:
+        """Forward and loss of a training batch (eager, or with the compiled loss)."""
         state = self.net.encode(batch["features"], self._lengths(batch))
         frozen_alpha = self.frozen.batch_alpha(batch, state.device) if self.frozen else None
         head_loss = self._compiled_loss if self._compiled_loss is not None else self._head_loss
-        result = head_loss(
+        return head_loss(
             state,
             self.max_offset,
             batch["gt_segments"],
@@ -203,11 +246,74 @@ class SaladLitModule(pl.LightningModule):
             batch["gt_mask"],
             batch["frame_mask"],
             frozen_alpha,
-            cls_only=self.current_epoch < self.cls_pretrain_epochs,
+            cls_only=cls_only,
         )
-        if self._logging_step():
-            self._log_train(result, batch["features"].shape[0])
-        return result["train/loss"]
+
+    def _manual_step(self, batch, cls_only: bool) -> dict[str, torch.Tensor]:
+        """``cuda_graph``: forward + backward from a graph where the batch fits one,
+        eagerly otherwise; then the optimiser step."""
+        opt = self.optimizers()
+        key = None
+        if self.step_graphs is not None and self.frozen is None:
+            key = self.step_graphs.key(batch, cls_only)
+        if key is not None:
+            result = self.step_graphs.step(batch, key)
+        else:
+            opt.zero_grad()
+            result = self._step_logs(batch, cls_only)
+            self.manual_backward(result["train/loss"])
+        opt.step()
+        return result
+
+    def _graph_forward(
+        self, inputs: dict[str, torch.Tensor], cls_only: bool
+    ) -> dict[str, torch.Tensor]:
+        """What a CUDA graph captures (with its backward): the step on fixed-shape inputs."""
+        if "lengths" in inputs:  # padded in time: the GRU without packing
+            state = self.net.encode_padded(inputs["features"], inputs["lengths"])
+        else:
+            state = self.net.encode(inputs["features"], None)
+        return self._head_loss(
+            state,
+            self.max_offset,
+            inputs["gt_segments"],
+            inputs["gt_labels"],
+            inputs["gt_mask"],
+            inputs["frame_mask"],
+            None,
+            cls_only=cls_only,
+        )
+
+    def on_train_start(self) -> None:
+        self.step_graphs = None
+        if not self.cuda_graph:
+            return
+        why = None
+        if self.device.type != "cuda":
+            why = f"the module is on {self.device.type}, not CUDA"
+        elif self.trainer.world_size > 1:
+            why = f"{self.trainer.world_size} processes (graphs are single-device here)"
+        elif str(self.trainer.precision) not in ("32-true", "32"):
+            why = f"trainer.precision={self.trainer.precision} (graphs need 32-true)"
+        if why is not None:
+            rank_zero_warn(f"model.cuda_graph=true: every training step runs eagerly: {why}")
+            return
+        self.step_graphs = StepGraphs(
+            list(self.parameters()),
+            self._graph_forward,
+            warmup_steps=self.hparams.cuda_graph_warmup_steps,
+            max_graphs=self.hparams.cuda_graph_max_graphs,
+            time_bucket=self.hparams.cuda_graph_time_bucket,
+        )
+
+    def on_train_epoch_end(self) -> None:
+        if self.automatic_optimization:
+            return
+        # manual optimisation: Lightning leaves the per-epoch scheduler step to the module
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if scheduler is not None:
+                scheduler.step()
 
     def _head_loss(
         self,
@@ -261,7 +367,8 @@ class SaladLitModule(pl.LightningModule):
 
     def _log_train(self, logs: dict[str, torch.Tensor], batch_size: int) -> None:
         # Tensors go to the logger as they are: read back only when a line is written.
-        logs = {k: v.detach() for k, v in logs.items()}
+        # Copies, since a CUDA graph's outputs are overwritten by its next replay.
+        logs = {k: v.detach().clone() for k, v in logs.items()}
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
 
     # -------------------------------------------------------------- evaluation

@@ -153,6 +153,28 @@ class SaladNet(nn.Module):
             )
         return self.dropout(self._encode(features, lengths))
 
+    def encode_padded(self, features: Tensor, lengths: Tensor) -> Tensor:
+        """``encode(features, lengths)`` without packing: fixed shapes and device-side
+        lengths, so that it can be captured in a CUDA graph.
+
+        The forward direction runs over the left-aligned batch (padding after a video
+        does not reach its valid steps); the backward direction over a copy with each
+        video right-aligned, so that it starts at the video's own last step, as packing
+        makes it. One bidirectional call over the 2B rows computes both; the state at
+        valid steps is the packed one, at padded steps it is meaningless (masked by the
+        loss).
+        """
+        if self.temporal_encoder == "none":
+            return self.encode(features, None)
+        b, t, c = features.shape
+        steps = torch.arange(t, device=features.device)
+        shift = (t - lengths.to(features.device)).unsqueeze(1)  # (B, 1): front padding of the copy
+        right = features.gather(1, ((steps - shift) % t).unsqueeze(-1).expand(b, t, c))
+        out = self.encode(torch.cat([features, right]), None)  # dropout included
+        h = self.hidden_size
+        backward = out[b:, :, h:].gather(1, ((steps + shift) % t).unsqueeze(-1).expand(b, t, h))
+        return torch.cat([out[:b, :, :h], backward], dim=-1)
+
     def heads(self, state: Tensor) -> SaladOutput:
         """The three heads on the encoder's state (B, T, 2 * hidden_size)."""
         return SaladOutput(
