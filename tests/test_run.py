@@ -104,15 +104,27 @@ def test_mode_test_reproduces_the_training_runs_test_metrics(tmp_path):
     assert again["test/mAP"] == pytest.approx(summary["test/mAP"], abs=1e-9)
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path):
-    full, _ = _train(tmp_path / "full", ["trainer.max_epochs=3"])
-    _, first = _train(tmp_path / "part", ["trainer.max_epochs=2"])
+@pytest.mark.parametrize("extra", [[], ["model.cuda_graph=true"]], ids=["automatic", "manual"])
+def test_resume_matches_an_uninterrupted_run(tmp_path, extra):
+    """Also under the manual optimisation that `model.cuda_graph` switches to (eager here)."""
+    full, _ = _train(tmp_path / "full", ["trainer.max_epochs=3", *extra])
+    _, first = _train(tmp_path / "part", ["trainer.max_epochs=2", *extra])
     resumed, _ = _train(
         tmp_path / "resumed",
-        ["trainer.max_epochs=3", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"],
+        ["trainer.max_epochs=3", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", *extra],
     )
     assert resumed["test/mAP"] == pytest.approx(full["test/mAP"], abs=1e-7)
     assert resumed["val"]["val/mAP"] == pytest.approx(full["val"]["val/mAP"], abs=1e-7)
+
+
+@pytest.mark.parametrize(
+    "override", ["trainer.gradient_clip_val=1.0", "+trainer.accumulate_grad_batches=2"]
+)
+def test_cuda_graph_rejects_what_manual_optimisation_cannot_do(tmp_path, override):
+    cfg = compose_cfg(tmp_path, ["model.cuda_graph=true", override])
+    key, value = override.lstrip("+").split("=")
+    with pytest.raises(ValueError, match=f"does not support {key} \\(found {value}\\)"):
+        run_pipeline(cfg)
 
 
 def test_wandb_offline_files_hold_metrics_and_images(tmp_path, monkeypatch):

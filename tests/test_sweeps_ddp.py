@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from _runcfg import TINY, compose_cfg, run_cli
@@ -92,6 +93,41 @@ def test_ddp_cpu_trains_and_its_val_map_equals_single_process(tmp_path):
     single = run_pipeline(cfg)["val"]["val/mAP"]
     assert ddp_val > 0.0
     assert single == pytest.approx(ddp_val, abs=1e-9)
+
+
+@pytest.mark.ddp
+def test_ddp_cpu_manual_optimisation_equals_automatic(tmp_path):
+    """`model.cuda_graph=true` switches to manual optimisation (its steps run eagerly on the
+    CPU): under DDP it ends with the automatic loop's weights and optimiser state, bit for
+    bit, through a classification pre-training epoch."""
+    states = []
+    for name, extra in (("auto", []), ("manual", ["model.cuda_graph=true"])):
+        root = tmp_path / name
+        res = run_cli(
+            [
+                "trainer=ddp_cpu",
+                f"paths.root_dir={root}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                *TINY,
+                "trainer.max_epochs=3",
+                "model.cls_pretrain_epochs=1",
+                "test_after_training=false",
+                *extra,
+            ],
+            cwd=tmp_path,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        ckpt = next((root / "logs" / "runs").glob("*/checkpoints/last.ckpt"))
+        states.append(torch.load(ckpt, map_location="cpu", weights_only=False))
+    auto, manual = states
+    assert manual["global_step"] == auto["global_step"] > 0
+    assert auto["state_dict"].keys() == manual["state_dict"].keys()
+    for k, v in auto["state_dict"].items():
+        assert torch.equal(v, manual["state_dict"][k]), k
+    exp_avg = [s["exp_avg"] for s in auto["optimizer_states"][0]["state"].values()]
+    exp_avg_m = [s["exp_avg"] for s in manual["optimizer_states"][0]["state"].values()]
+    assert len(exp_avg) == len(exp_avg_m) > 0
+    assert all(torch.equal(a, b) for a, b in zip(exp_avg, exp_avg_m))
 
 
 @pytest.mark.ddp

@@ -80,6 +80,23 @@ def _check_classes(cfg: DictConfig, datamodule: Any) -> None:
         )
 
 
+def _check_manual_optimisation(model: Any, trainer: pl.Trainer) -> None:
+    """``model.cuda_graph`` trains with manual optimisation, which takes neither
+    Lightning's gradient clipping nor its gradient accumulation: say so by key."""
+    if getattr(model, "automatic_optimization", True):
+        return
+    found = []
+    if trainer.gradient_clip_val:  # None and 0 mean off
+        found.append(("trainer.gradient_clip_val", trainer.gradient_clip_val, "null"))
+    if trainer.accumulate_grad_batches != 1:
+        found.append(("trainer.accumulate_grad_batches", trainer.accumulate_grad_batches, "1"))
+    for key, value, off in found:
+        raise ValueError(
+            f"model.cuda_graph=true trains with manual optimisation, which does not support "
+            f"{key} (found {value}); set {key}={off} or model.cuda_graph=false"
+        )
+
+
 def _finish_test(model: Any, trainer: pl.Trainer, loggers: list[Any], out_dir: Path, cfg) -> dict:
     """Write results.json, tables and plots of the test epoch; print the table."""
     names = model.class_names or []
@@ -106,6 +123,7 @@ def _finish_test(model: Any, trainer: pl.Trainer, loggers: list[Any], out_dir: P
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit on the training split, then test the last checkpoint. Returns the test metrics."""
     with _session(cfg) as (datamodule, model, trainer, loggers, out_dir):
+        _check_manual_optimisation(model, trainer)
         datamodule.setup("fit")
         _check_classes(cfg, datamodule)
         atomic_write_json(
