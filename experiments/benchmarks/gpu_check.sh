@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The GPU figures of experiments/benchmarks/README.md in one command (over 9 minutes on
-# one H100, the machine's start not counted: the compiled THUMOS14 epoch's first epoch
-# alone compiles for ~2 minutes). Runs from the repository root on a machine
-# with torch, Lightning and torchmetrics; hydra-core/omegaconf wheels in .whl/ are
+# The GPU figures of experiments/benchmarks/README.md in one command (178 s on one H100 in
+# run 5, the machine's start not counted). Runs from the repository root on a machine with
+# torch, Lightning, torchmetrics and pytest; hydra-core/omegaconf wheels in .whl/ are
 # installed for the app check. Writes every output to ${OUT:-/tmp/salad_gpu_out}.
+#   MODES="eager graph compile" bash experiments/benchmarks/gpu_check.sh   # + compilation (run 4: ~2 min in the first compiled epoch alone)
 set -u
 OUT=${OUT:-/tmp/salad_gpu_out}
+MODES=${MODES:-eager graph}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" MPLBACKEND=Agg WANDB_MODE=offline
 {
@@ -15,20 +16,25 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" MPLBA
 } 2>&1 | tee "$OUT/versions.txt"
 keep() { grep -E "^(device|step|epoch|validation|profile)|Error|error" | tee -a "$OUT/train_bench.txt"; }
 
-# training steps (ActivityNet- then THUMOS14-shaped), compile off and on, against the bare BiGRU
-timeout 260 python3 experiments/benchmarks/train.py --parts step --compile off on --workers 6 --repeats 15 \
+# model.cuda_graph on the device: replayed graphs train like the same steps run eagerly
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_step_graph.py 2>&1 | tail -25 | tee "$OUT/test_step_graph.txt"
+
+# training steps (ActivityNet- then THUMOS14-shaped) against the bare BiGRU
+# shellcheck disable=SC2086
+timeout 200 python3 experiments/benchmarks/train.py --parts step --modes $MODES --workers 6 --repeats 15 \
   --workdir /tmp/salad_bench 2>&1 | tee "$OUT/train_step.log" | keep
-# the THUMOS14-shaped epoch (compile off and on) and validation over THUMOS14-test scale
-timeout 240 python3 experiments/benchmarks/train.py --parts epoch validation --compile off on --workers 6 \
+# the THUMOS14-shaped epoch and validation over THUMOS14-test scale
+# shellcheck disable=SC2086
+timeout 200 python3 experiments/benchmarks/train.py --parts epoch validation --modes $MODES --workers 6 \
   --workdir /tmp/salad_bench 2>&1 | tee "$OUT/train_epoch.log" | keep
 
 # matching on the device vs the literal loop
-timeout 40 python3 experiments/benchmarks/matching.py --device cuda 2>&1 | tail -6 | tee "$OUT/matching.txt"
+timeout 30 python3 experiments/benchmarks/matching.py --device cuda 2>&1 | tail -6 | tee "$OUT/matching.txt"
 
-# the Hydra app on the GPU: synthetic default, 3 epochs, compiled heads + loss
+# the Hydra app on the GPU: synthetic default, 3 epochs, CUDA graphs on
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-  timeout 100 python3 -m salad_lightning.run trainer=gpu trainer.max_epochs=3 trainer.enable_progress_bar=false \
-    model.compile=true paths.root_dir=/tmp/salad_app logger=csv 2>&1 | tail -8 | tee "$OUT/app_gpu.txt"
+  timeout 60 python3 -m salad_lightning.run trainer=gpu trainer.max_epochs=3 trainer.enable_progress_bar=false \
+    model.cuda_graph=true paths.root_dir=/tmp/salad_app logger=csv 2>&1 | tail -8 | tee "$OUT/app_gpu.txt"
 fi

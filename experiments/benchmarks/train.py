@@ -82,8 +82,9 @@ def write_dataset(root: Path, lengths: dict[str, tuple[str, int]], dim: int, see
                 for s in starts
             ],
         }
-    for k in range(20):  # every class present in training
-        vid = next(v for v, (s, _) in lengths.items() if s == "train")
+    train = [v for v, (s, _) in lengths.items() if s == "train"]
+    for k in range(20):  # every class present in training, on as many videos as there are
+        vid = train[k % len(train)]
         db[vid]["annotations"].append(
             {"label": f"class{k:02d}", "segment": [1.0 + k * 0.1, 2.0 + k * 0.1]}
         )
@@ -103,7 +104,11 @@ def real_lengths(annotation_file: Path, subset: str) -> list[int]:
     ]
 
 
-def make_module(args, feature_dim: int, compile: bool = False) -> SaladLitModule:
+MODES = ("eager", "compile", "graph")
+
+
+def make_module(args, feature_dim: int, mode: str = "eager") -> SaladLitModule:
+    """The module as configured by ``mode``: eager, ``compile=True`` or ``cuda_graph=True``."""
     h = args.hidden
     net = SaladNet(
         input_dim=feature_dim,
@@ -129,7 +134,8 @@ def make_module(args, feature_dim: int, compile: bool = False) -> SaladLitModule
         },
         tiou_thresholds=(0.3, 0.4, 0.5, 0.6, 0.7),
         class_names=[f"class{k:02d}" for k in range(20)],
-        compile=compile,
+        compile=mode == "compile",
+        cuda_graph=mode == "graph",
     )
 
 
@@ -178,6 +184,7 @@ class StepTimer(pl.Callback):
     def on_train_epoch_end(self, trainer, *a, **k) -> None:
         sync(self.device)
         now = time.perf_counter()
+        self.steps_per_epoch = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         self.epoch_times.append(now - self._epoch_t0)
         if trainer.current_epoch == 0 and hasattr(self, "_t0"):
             last = trainer.fit_loop.epoch_loop.batch_progress.current.completed - 1
@@ -205,19 +212,38 @@ def trainer(args, callbacks, **kw) -> pl.Trainer:
     )
 
 
-def bare_gru_ms(args, batch: int, t: int, repeats: int) -> float:
+def bare_gru_ms(args, batch: int, t: int, repeats: int, graphed: bool = False) -> float:
     """Median fwd+bwd of the bare BiGRU on (batch, t, C) (the baseline; one launch
-    sequence per step, so a per-step synchronisation costs it nothing)."""
+    sequence per step, so a per-step synchronisation costs it nothing). ``graphed``:
+    the same captured once as a CUDA graph and replayed (a reference for
+    ``model.cuda_graph``, which also removes the GRU's own launch overhead)."""
     gru = torch.nn.GRU(args.feature_dim, args.hidden, batch_first=True, bidirectional=True).to(
         args.device
     )
     x = torch.randn(batch, t, args.feature_dim, device=args.device)
+
+    def fwd_bwd():
+        out, _ = gru(x)
+        out.sum().backward()
+
+    run = fwd_bwd
+    if graphed:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                fwd_bwd()
+        torch.cuda.current_stream().wait_stream(stream)
+        gru.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fwd_bwd()
+        run = graph.replay
     times = []
     for i in range(repeats + 3):
         sync(args.device)
         t0 = time.perf_counter()
-        out, _ = gru(x)
-        out.sum().backward()
+        run()
         sync(args.device)
         if i >= 3:
             times.append(time.perf_counter() - t0)
@@ -248,11 +274,11 @@ def bare_gru_epoch_s(args, lengths: list[int], batch: int) -> float:
 
 
 def module_step_ms(
-    args, name: str, batch: int, t: int, repeats: int, compile: bool = False
+    args, name: str, batch: int, t: int, repeats: int, mode: str = "eager"
 ) -> tuple[float, float]:
     """Mean training-step time of the real module through Lightning (steps after a
     warm-up, host and device overlapping as in a real run), and videos/s. With
-    ``compile`` the warm-up steps include the compilation."""
+    ``compile`` the warm-up steps include the compilation, with ``graph`` the captures."""
     warm = 5
     n_videos = batch * (repeats + warm)
     lengths = {f"{name}_{i:04d}": ("train", t) for i in range(n_videos)}
@@ -262,7 +288,7 @@ def module_step_ms(
     )
     dm = make_dm(args, ann, batch, max_seq_len=t)
     timer = StepTimer(args.device, warm=warm)
-    module = make_module(args, args.feature_dim, compile=compile)
+    module = make_module(args, args.feature_dim, mode)
     trainer(args, [timer], max_epochs=1).fit(module, datamodule=dm)
     ms = timer.step_ms()
     return ms, batch / (ms / 1000)
@@ -332,11 +358,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--parts", nargs="+", default=["step", "epoch", "validation"])
     p.add_argument(
-        "--compile",
+        "--modes",
         nargs="+",
-        choices=["off", "on"],
-        default=["off", "on"],
-        help="module settings of `compile` to time in the step and epoch parts",
+        choices=MODES,
+        default=list(MODES),
+        help="module settings to time in the step and epoch parts: eager, model.compile=true, "
+        "model.cuda_graph=true",
     )
     p.add_argument(
         "--profile",
@@ -367,10 +394,15 @@ def main() -> None:
             ("thumos", 4, crop, args.repeats),
         ):
             base = bare_gru_ms(args, b, t, n)
-            for mode in args.compile:
-                ms, vps = module_step_ms(args, label, b, t, n, compile=mode == "on")
+            if "graph" in args.modes and args.device.type == "cuda":
+                ref = bare_gru_ms(args, b, t, n, graphed=True)
                 print(
-                    f"step {label:6s} B={b:2d} T={t:4d}: bare BiGRU fwd+bwd {base:8.2f} ms | SaladLitModule (compile {mode:3s}) step {ms:8.2f} ms ({vps:7.1f} videos/s, {1000 / ms:6.2f} steps/s) | ratio {ms / base:.3f}"
+                    f"step {label:6s} B={b:2d} T={t:4d}: bare BiGRU fwd+bwd {base:8.2f} ms | the same as one CUDA graph {ref:8.2f} ms | ratio {ref / base:.3f}"
+                )
+            for mode in args.modes:
+                ms, vps = module_step_ms(args, label, b, t, n, mode)
+                print(
+                    f"step {label:6s} B={b:2d} T={t:4d}: bare BiGRU fwd+bwd {base:8.2f} ms | SaladLitModule ({mode:7s}) step {ms:8.2f} ms ({vps:7.1f} videos/s, {1000 / ms:6.2f} steps/s) | ratio {ms / base:.3f}"
                 )
 
     if args.profile is not None:
@@ -389,15 +421,21 @@ def main() -> None:
     if "epoch" in args.parts:
         cropped = [min(t, crop) for t in train_lengths]
         base = bare_gru_epoch_s(args, cropped, 4)
-        for mode in args.compile:
+        for mode in args.modes:
             timer = StepTimer(args.device)
-            module = make_module(args, args.feature_dim, compile=mode == "on")
+            module = make_module(args, args.feature_dim, mode)
             trainer(args, [timer], max_epochs=2).fit(
                 module, datamodule=make_dm(args, ann, 4, max_seq_len=crop)
             )
             ep = timer.epoch_times[-1]
+            sg = module.step_graphs
+            if sg is not None:
+                steps = 2 * timer.steps_per_epoch
+                print(
+                    f"epoch graphs: {len(sg.graphs)} shapes, {sg.replays} of {steps} steps replayed (2 epochs)"
+                )
             print(
-                f"epoch thumos-shaped ({len(cropped)} videos, crops of {crop}, batch 4): bare BiGRU bucketed+packed {base:7.2f} s | SaladLitModule (compile {mode:3s}) epoch {ep:7.2f} s (first epoch {timer.epoch_times[0]:.2f} s) | ratio {ep / base:.3f}"
+                f"epoch thumos-shaped ({len(cropped)} videos, crops of {crop}, batch 4): bare BiGRU bucketed+packed {base:7.2f} s | SaladLitModule ({mode:7s}) epoch {ep:7.2f} s (first epoch {timer.epoch_times[0]:.2f} s) | ratio {ep / base:.3f}"
             )
 
     if "validation" in args.parts:
