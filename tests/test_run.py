@@ -104,9 +104,17 @@ def test_mode_test_reproduces_the_training_runs_test_metrics(tmp_path):
     assert again["test/mAP"] == pytest.approx(summary["test/mAP"], abs=1e-9)
 
 
-@pytest.mark.parametrize("extra", [[], ["model.cuda_graph=true"]], ids=["automatic", "manual"])
+STEP_LR = "model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.5}"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["model.cuda_graph=true", STEP_LR]],
+    ids=["automatic", "manual_with_scheduler"],
+)
 def test_resume_matches_an_uninterrupted_run(tmp_path, extra):
-    """Also under the manual optimisation that `model.cuda_graph` switches to (eager here)."""
+    """Also under the manual optimisation that `model.cuda_graph` switches to (eager here),
+    where the module steps the per-epoch scheduler itself."""
     full, _ = _train(tmp_path / "full", ["trainer.max_epochs=3", *extra])
     _, first = _train(tmp_path / "part", ["trainer.max_epochs=2", *extra])
     resumed, _ = _train(

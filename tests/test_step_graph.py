@@ -316,14 +316,17 @@ def test_replayed_graphs_train_like_eager_steps_on_the_device():
     and 9 ground truths: 8- and 16-slot graphs; a padded one with 6: a 32-step graph; a
     classification pre-training epoch, then the full loss): one replays captured graphs,
     the other runs the same steps eagerly (its warm-up never ends). Same parameters."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    kw = dict(cls_pretrain_epochs=1, cuda_graph=True, cuda_graph_time_bucket=32)
-    graphed = make_module(cuda_graph_warmup_steps=1, **kw)
-    eager = make_module(cuda_graph_warmup_steps=10**6, **kw)
-    before = copy.deepcopy(graphed.state_dict())
-    fit(graphed, _batches(), epochs=3, accelerator="gpu")
-    fit(eager, _batches(), epochs=3, accelerator="gpu")
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        kw = dict(cls_pretrain_epochs=1, cuda_graph=True, cuda_graph_time_bucket=32)
+        graphed = make_module(cuda_graph_warmup_steps=1, **kw)
+        eager = make_module(cuda_graph_warmup_steps=10**6, **kw)
+        before = copy.deepcopy(graphed.state_dict())
+        fit(graphed, _batches(), epochs=3, accelerator="gpu")
+        fit(eager, _batches(), epochs=3, accelerator="gpu")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     sg = graphed.step_graphs
     # 12 steps: 1 warm-up, 11 replays over 6 graphs (3 shapes x cls_only)
     assert sg.replays == 11 and len(sg.graphs) == 6

@@ -231,7 +231,11 @@ class SaladLitModule(pl.LightningModule):
             result = self._manual_step(batch, cls_only)
         if self._logging_step():
             self._log_train(result, batch["features"].shape[0])
-        return result["train/loss"]
+        if self.automatic_optimization:
+            return result["train/loss"]
+        # a copy: a graph's output is overwritten by its next replay, and callbacks may
+        # keep the step's outputs
+        return result["train/loss"].detach().clone()
 
     def _step_logs(self, batch, cls_only: bool) -> dict[str, torch.Tensor]:
         """Forward and loss of a training batch (eager, or with the compiled loss)."""
