@@ -67,6 +67,7 @@ def test_paper_experiments_use_the_table1_network(tmp_path, experiment):
     )
     assert cfg.model.optimizer.lr == 1e-4 and cfg.trainer.max_epochs == 100
     assert cfg.dataset.datamodule.batch_size == {"thumos_paper": 4, "anet_paper": 16}[experiment]
+    assert model.cuda_graph and not model.automatic_optimization  # graphs on one GPU
 
 
 def test_default_is_the_synthetic_quick_start(tmp_path):
