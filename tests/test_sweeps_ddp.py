@@ -15,8 +15,9 @@ from salad_lightning.pipeline import run as run_pipeline
 pytestmark = pytest.mark.slow
 
 
-def _base(tmp_path: Path) -> list[str]:
-    return [f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", *TINY]
+def _base(tmp_path: Path, cache: Path | None = None) -> list[str]:
+    cache = cache or tmp_path / "cache"
+    return [f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache}", *TINY]
 
 
 def test_multirun_over_lambda1_and_mu_runs_four_jobs(tmp_path):
@@ -106,9 +107,7 @@ def test_ddp_cpu_manual_optimisation_equals_automatic(tmp_path):
         res = run_cli(
             [
                 "trainer=ddp_cpu",
-                f"paths.root_dir={root}",
-                f"paths.cache_dir={tmp_path / 'cache'}",
-                *TINY,
+                *_base(root, cache=tmp_path / "cache"),
                 "trainer.max_epochs=3",
                 "model.cls_pretrain_epochs=1",
                 "test_after_training=false",

@@ -187,7 +187,7 @@ class StepTimer(pl.Callback):
         self.steps_per_epoch = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         self.epoch_times.append(now - self._epoch_t0)
         if trainer.current_epoch == 0 and hasattr(self, "_t0"):
-            last = trainer.fit_loop.epoch_loop.batch_progress.current.completed - 1
+            last = self.steps_per_epoch - 1
             self.window = (now - self._t0, last - self._n0)
 
     def step_ms(self) -> float:

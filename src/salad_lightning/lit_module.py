@@ -227,21 +227,32 @@ class SaladLitModule(pl.LightningModule):
         cls_only = self.current_epoch < self.cls_pretrain_epochs
         if self.automatic_optimization:
             result = self._step_logs(batch, cls_only)
+            loss = result["train/loss"]
         else:
             result = self._manual_step(batch, cls_only)
+            # a copy: a graph's output is overwritten by its next replay, and callbacks
+            # may keep the step's outputs
+            loss = result["train/loss"].detach().clone()
         if self._logging_step():
             self._log_train(result, batch["features"].shape[0])
-        if self.automatic_optimization:
-            return result["train/loss"]
-        # a copy: a graph's output is overwritten by its next replay, and callbacks may
-        # keep the step's outputs
-        return result["train/loss"].detach().clone()
+        return loss
 
     def _step_logs(self, batch, cls_only: bool) -> dict[str, torch.Tensor]:
         """Forward and loss of a training batch (eager, or with the compiled loss)."""
         state = self.net.encode(batch["features"], self._lengths(batch))
         frozen_alpha = self.frozen.batch_alpha(batch, state.device) if self.frozen else None
         head_loss = self._compiled_loss if self._compiled_loss is not None else self._head_loss
+        return self._batch_head_loss(head_loss, state, batch, frozen_alpha, cls_only)
+
+    def _batch_head_loss(
+        self,
+        head_loss: Callable[..., dict[str, torch.Tensor]],
+        state: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+        frozen_alpha: torch.Tensor | None,
+        cls_only: bool,
+    ) -> dict[str, torch.Tensor]:
+        """``head_loss`` (:meth:`_head_loss` or its compiled form) on a batch's targets."""
         return head_loss(
             state,
             self.max_offset,
@@ -277,16 +288,7 @@ class SaladLitModule(pl.LightningModule):
             state = self.net.encode_padded(inputs["features"], inputs["lengths"])
         else:
             state = self.net.encode(inputs["features"], None)
-        return self._head_loss(
-            state,
-            self.max_offset,
-            inputs["gt_segments"],
-            inputs["gt_labels"],
-            inputs["gt_mask"],
-            inputs["frame_mask"],
-            None,
-            cls_only=cls_only,
-        )
+        return self._batch_head_loss(self._head_loss, state, inputs, None, cls_only)
 
     def on_train_start(self) -> None:
         self.step_graphs = None

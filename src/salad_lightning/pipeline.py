@@ -85,16 +85,19 @@ def _check_manual_optimisation(model: Any, trainer: pl.Trainer) -> None:
     Lightning's gradient clipping nor its gradient accumulation: say so by key."""
     if getattr(model, "automatic_optimization", True):
         return
-    found = []
     if trainer.gradient_clip_val:  # None and 0 mean off
-        found.append(("trainer.gradient_clip_val", trainer.gradient_clip_val, "null"))
+        _refuse_with_cuda_graph("trainer.gradient_clip_val", trainer.gradient_clip_val, "null")
     if trainer.accumulate_grad_batches != 1:
-        found.append(("trainer.accumulate_grad_batches", trainer.accumulate_grad_batches, "1"))
-    for key, value, off in found:
-        raise ValueError(
-            f"model.cuda_graph=true trains with manual optimisation, which does not support "
-            f"{key} (found {value}); set {key}={off} or model.cuda_graph=false"
+        _refuse_with_cuda_graph(
+            "trainer.accumulate_grad_batches", trainer.accumulate_grad_batches, "1"
         )
+
+
+def _refuse_with_cuda_graph(key: str, value: Any, off: str) -> None:
+    raise ValueError(
+        f"model.cuda_graph=true trains with manual optimisation, which does not support "
+        f"{key} (found {value}); set {key}={off} or model.cuda_graph=false"
+    )
 
 
 def _finish_test(model: Any, trainer: pl.Trainer, loggers: list[Any], out_dir: Path, cfg) -> dict:
