@@ -337,11 +337,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    shared = REPO.parent / "shared/data/thumos14/thumos14.json"
     p.add_argument(
         "--annotations",
         type=Path,
-        default=shared if shared.is_file() else REPO / "tests/data/thumos14.json.gz",
+        default=REPO / "data/thumos14/thumos14.json.gz",
         help="THUMOS14 annotation file whose video lengths shape the epoch",
     )
     p.add_argument("--workdir", type=Path, default=Path("/tmp/salad_bench_train"))

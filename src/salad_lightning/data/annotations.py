@@ -16,6 +16,7 @@ No torch here: the evaluation command reads annotations and must start fast.
 
 from __future__ import annotations
 
+import gzip
 import json
 import warnings
 from collections import Counter
@@ -29,6 +30,14 @@ import numpy as np
 
 class DataWarning(UserWarning):
     """Input problems the data layer repairs or tolerates (clipped segments, skipped files)."""
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file, gzipped (``.gz``) or not."""
+    raw = Path(path).read_bytes()
+    if str(path).endswith(".gz"):
+        raw = gzip.decompress(raw)
+    return json.loads(raw)
 
 
 def _first(items: Sequence[str], k: int = 5) -> str:
@@ -212,7 +221,7 @@ def load_annotations(path: str | Path, *, class_index: ClassIndex | None = None)
     if not Path(path).is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
     try:
-        data = json.loads(Path(path).read_text())
+        data = read_json(path)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("database"), dict):

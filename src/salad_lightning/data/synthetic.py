@@ -390,7 +390,9 @@ def dataset_statistics(annotation_file: str | os.PathLike, subset: str | None = 
     ``overlap_share``: share of instances overlapping an instance with another label;
     ``colabel_share``: share whose exact segment also carries another label.
     """
-    database = json.loads(Path(annotation_file).read_text())["database"]
+    from salad_lightning.data.annotations import read_json
+
+    database = read_json(annotation_file)["database"]
     counts, lengths, coverage, durations, subsets = [], [], [], [], {}
     overlap = colabel = 0
     labels: set[str] = set()

@@ -18,6 +18,7 @@ driven by the real segments and labels; see docs/synthetic.md.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import math
@@ -36,6 +37,8 @@ from salad_lightning.data.synthetic import (
 )
 
 ANNOTATION_PATH = "annotations/thumos14.json"
+# the real THUMOS14 annotation file kept in the repository (data/thumos14/README.md)
+REPO_ANNOTATIONS = Path(__file__).resolve().parents[3] / "data" / "thumos14" / "thumos14.json.gz"
 FEATURE_DIR = "i3d_features"
 
 
@@ -104,6 +107,8 @@ def make_thumos_like(
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, found {dtype!r}")
     raw = Path(annotations).read_bytes()
+    if str(annotations).endswith(".gz"):
+        raw = gzip.decompress(raw)
     doc = json.loads(raw)
     if "database" not in doc:
         raise ValueError(f"{annotations}: expected an ActivityNet-style file with a 'database' key")
@@ -154,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="THUMOS14-shaped benchmark: real annotation timing, synthetic features.",
     )
     parser.add_argument(
-        "--annotations", required=True, help="THUMOS14 annotation JSON (ActionFormer's)"
+        "--annotations",
+        default=str(REPO_ANNOTATIONS),
+        help="THUMOS14 annotation JSON, gzipped or not (default: the copy in data/thumos14/)",
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
