@@ -272,7 +272,7 @@ def test_missing_files_listed_up_front(make_folder):
     src = FeatureSource(feature_dir=folder.feature_dir)
     with pytest.raises(
         FileNotFoundError,
-        match=r"train: 2 of 3 videos have no feature file \(.*/features/\{video_id\}.npy\): vid0, vid2; set skip_missing=true",
+        match=r"train: 2 of 3 videos have no feature file \(.*/features/\{video_id\}.npy\): vid0, vid2; to run without them, set dataset.datamodule.skip_missing=true",
     ):
         TADDataset(ann.select("train"), src, name="train")
     with pytest.warns(

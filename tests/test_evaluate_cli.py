@@ -150,7 +150,6 @@ def test_table_has_map_and_per_class_rows(files, capsys):
     [
         ({"results": {"a": [{"label": "Jump", "segment": [0, 1]}]}}, "prediction 0"),
         ({"results": {"a": [{"label": "Jump", "score": 1, "segment": [0]}]}}, "segment"),
-        ({"results": {"a": [{"label": "Jump", "score": 1, "segment": [3, 1]}]}}, "ends before"),
         ({"results": {"a": [{"label": "Jump", "score": "x", "segment": [0, 1]}]}}, "score"),
         ({"results": []}, '"results" object'),
         ({"version": 1}, '"results" object'),
@@ -160,6 +159,23 @@ def test_malformed_predictions_are_named(files, capsys, broken, message):
     assert main([*files(pred=broken), "--subset", "Test"]) == 2
     err = capsys.readouterr().err
     assert message in err and "pred.json" in err
+
+
+def test_segments_taken_as_published(files, capsys):
+    # The official evaluator reads zero-length and inverted segments as they are; so
+    # do we, with a note. b's Run gt becomes [15, 5] (length -10): only a prediction of
+    # length +10 matches it (0/0). The first b prediction, [5, 14], no longer matches:
+    # Run at 0.5 is FP, TP (the added [0, 10]) over 2 gts -> precision 0, 1/2 -> AP 1/4.
+    gt = json.loads(json.dumps(GROUND_TRUTH))
+    gt["database"]["b"]["annotations"][0]["segment"] = [15, 5]
+    pred = json.loads(json.dumps(PREDICTIONS))
+    pred["results"]["b"].append({"label": "Run", "score": 0.3, "segment": [0, 10]})
+    pred["results"]["a"].append({"label": "Jump", "score": 0.1, "segment": [9, 3]})
+    assert main([*files(gt=gt, pred=pred), "--subset", "Test", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["per_class"]["Run"][2] == pytest.approx(0.25, abs=1e-12)
+    assert "1 ground truths have zero length or end before they start" in captured.err
+    assert "1 predictions end before they start" in captured.err
 
 
 def test_missing_file_and_bad_threshold(files, capsys, tmp_path):

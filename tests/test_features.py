@@ -140,8 +140,13 @@ def test_nonfinite_values_are_reported():
     x[3, 0] = np.inf
     with pytest.raises(
         ValueError,
-        match=r"f.npy \(video v\): features must be finite, found 1 NaN and 1 Inf values "
-        r"\(first at step 2, channel 1\)",
+        match=r"f.npy \(video v\): features must be finite, found 1 NaN and 1 Inf values, "
+        r"the first at step 2 \(channel 1\)",
     ):
         check_finite(x, "f.npy (video v)")
     check_finite(np.zeros((2, 2), np.float32), "fine")
+    # rows of a crop: the step is given in the whole video
+    with pytest.raises(ValueError, match=r"the first at step 102 \(channel 1\)"):
+        check_finite(x, "f.npy (video v)", offset=100)
+    # a float64 sum cannot overflow on float32 values: huge but finite is fine
+    check_finite(np.full((1000, 8), 3e38, np.float32), "huge")

@@ -119,6 +119,24 @@ def test_zero_length_segments_follow_the_official_nan():
     assert r.ap[0, 0] == pytest.approx(0.5)
 
 
+def test_segments_that_end_before_they_start_follow_the_official_formula():
+    # The official code takes such segments as they are: the intersection is 0, so
+    # tIoU = 0 / (len_p + len_g), which is NaN (matched at every threshold, tried
+    # first) when len_p == -len_g, and <= 0 (never matched) otherwise.
+    # G0=[10,7] (length -3), G1=[0,4]. P1=[20,23] (length 3): 0/0 with G0, 0 with
+    # G1 -> TP through G0. P2=[0,4]: tIoU 1 with G1 -> TP. P3=[9,8] (length -1):
+    # 0/(-4) with G0, 0/3 with G1 -> FP. npos 2: precision 1, 1, 2/3 -> AP 1.
+    gts = [(0, 10, 7, 0), (0, 0, 4, 0)]
+    preds = [(0, 20, 23, 0, 0.9), (0, 0, 4, 0, 0.8), (0, 9, 8, 0, 0.7)]
+    r = evaluate(preds, gts, [0.5, 0.95])
+    np.testing.assert_allclose(r.ap[0], [1.0, 1.0], atol=1e-12)
+    tp = match_predictions(*_rows(preds), *_rows(gts), tiou_thresholds=[0.5])
+    assert tp.tolist() == [[True, True, False]]
+    # An inverted prediction of length -4 against G1 (length 4): 0/0, a TP.
+    r = evaluate([(0, 6, 2, 0, 0.9)], [(0, 0, 4, 0)], [0.5])
+    np.testing.assert_allclose(r.ap[0], [1.0], atol=1e-12)
+
+
 def test_tiou_exactly_at_the_threshold_matches():
     # [5,10] vs [0,10]: tIoU 0.5; the gt starts exactly at end - length / t.
     r = evaluate([(0, 5, 10, 0, 0.9)], [(0, 0, 10, 0)], [0.5])
@@ -165,7 +183,6 @@ def test_no_ground_truth_gives_nan_and_no_prediction_gives_zero():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(pred_segments=[[2.0, 1.0]]), "ends before it starts"),
         (dict(pred_scores=[np.nan]), "finite"),
         (dict(pred_segments=[[0.0, np.inf]]), "finite"),
         (dict(pred_labels=[0.5]), "integers"),
@@ -201,7 +218,9 @@ def test_video_key_is_stable_and_63_bit():
 # --- generated cases against the transcription -------------------------------------
 
 
-def random_case(rng: np.random.Generator, ties: bool = False, scale: float = 1.0):
+def random_case(
+    rng: np.random.Generator, ties: bool = False, scale: float = 1.0, inverted: bool = False
+):
     n_videos, n_classes = int(rng.integers(1, 5)), int(rng.integers(1, 4))
     n_gt, n_pred = int(rng.integers(0, 12)), int(rng.integers(0, 40))
     gv = rng.integers(0, n_videos, n_gt)
@@ -224,6 +243,12 @@ def random_case(rng: np.random.Generator, ties: bool = False, scale: float = 1.0
     ps.sort(axis=1)
     if n_pred and rng.random() < 0.3:
         ps[0, 1] = ps[0, 0]
+    if inverted and n_gt and n_pred:  # segments that end before they start
+        gs[-1] = gs[-1, ::-1]
+        ps[-1] = ps[-1, ::-1]
+        if rng.random() < 0.5:  # a prediction whose length is minus the gt's: 0/0
+            ps[0] = [ps[0, 0], ps[0, 0] + gs[-1, 0] - gs[-1, 1]]
+            pv[0], pl[0] = gv[-1], gl[-1]
     scores = rng.integers(0, 4, n_pred) / 4 if ties else rng.random(n_pred)
     return pv, ps * scale, scores, pl, gv, gs * scale, gl
 
@@ -252,6 +277,12 @@ def test_generated_cases_with_equal_scores_match_the_reference():
     rng = np.random.default_rng(7)
     for i in range(100):
         assert_matches_reference(random_case(rng, ties=True), label=f"case {i}")
+
+
+def test_generated_cases_with_inverted_segments_match_the_reference():
+    rng = np.random.default_rng(12)
+    for i in range(150):
+        assert_matches_reference(random_case(rng, inverted=True), label=f"case {i}")
 
 
 def test_huge_coordinates_use_the_exact_fallback_search():

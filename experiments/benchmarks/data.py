@@ -1,6 +1,7 @@
-"""One epoch of the real data path over ActivityNet-scale features on disk.
+"""The real data path over ActivityNet-scale features on disk: pre-flight and one epoch.
 
     python experiments/benchmarks/data.py [--videos 20000] [--workers 2] [--keep]
+        [--parts preflight epoch] [--threads 2]
 
 Writes ``--videos`` feature files ``v_{id}.npy`` of about ``--steps`` x ``--dim``
 float32 (lengths uniform in [steps/2, 3 steps/2]; 20,000 x 100 x 2048 is ~16 GB) and
@@ -13,7 +14,12 @@ throughput (videos/s) and the peak resident memory:
 - the largest sum of VmRSS over this process and its workers, sampled every 50 ms
   (it counts the pages the processes share, torch's libraries, once per process).
 
-``--cold`` (default) evicts the files from the page cache before the epoch
+``--parts preflight`` times the pre-flight that runs before training
+(``SaladDataModule.preflight_report``: every header, every value finite, ``--threads``
+threads) against a baseline measured in the same run: one thread loading each file
+and calling ``np.isfinite(x).all()``. Both read every byte; the ratio is printed.
+
+``--cold`` (default) evicts the files from the page cache before each part
 (``posix_fadvise(DONTNEED)``), so they are read from disk; ``--warm`` reads them
 right after writing. The folder is deleted afterwards unless ``--keep``; pass
 ``--dir`` to reuse a kept one.
@@ -105,22 +111,7 @@ class TreeRSS(threading.Thread):
 
 
 def one_epoch(folder: Path, args: argparse.Namespace) -> dict:
-    from salad_lightning.data import SaladDataModule
-
-    dm = SaladDataModule(
-        annotation_file=str(folder / "annotations.json"),
-        feature_dir=str(folder / "features"),
-        prefix="v_",
-        feature_dim=args.dim,
-        train_subset="training",
-        val_holdout=0.0,
-        test_subset=None,
-        resize_to=args.resize_to,
-        max_seq_len=args.resize_to,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        seed=0,
-    )
+    dm = _datamodule(folder, args)
     t0 = time.perf_counter()
     dm.setup("fit")
     setup_s = time.perf_counter() - t0
@@ -147,6 +138,44 @@ def one_epoch(folder: Path, args: argparse.Namespace) -> dict:
     }
 
 
+def _datamodule(folder: Path, args: argparse.Namespace):
+    from salad_lightning.data import SaladDataModule
+
+    return SaladDataModule(
+        annotation_file=str(folder / "annotations.json"),
+        feature_dir=str(folder / "features"),
+        prefix="v_",
+        feature_dim=args.dim,
+        train_subset="training",
+        val_holdout=0.0,
+        test_subset=None,
+        resize_to=args.resize_to,
+        max_seq_len=args.resize_to,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        seed=0,
+    )
+
+
+def preflight(folder: Path, args: argparse.Namespace) -> dict:
+    """Seconds of the pre-flight and of the one-thread baseline, each from a cold cache
+    with ``--cold``."""
+    files = sorted((folder / "features").iterdir())
+    if args.cold:
+        evict(folder)
+    t0 = time.perf_counter()
+    bad = sum(not np.isfinite(np.load(f)).all() for f in files)
+    baseline_s = time.perf_counter() - t0
+    if args.cold:
+        evict(folder)
+    dm = _datamodule(folder, args)
+    t0 = time.perf_counter()
+    _, problems = dm.preflight_report(["fit"], workers=args.threads, log_summary=False)
+    total_s = time.perf_counter() - t0
+    assert bad == len(problems) == 0, (bad, problems[:3])
+    return {"baseline_s": baseline_s, "preflight_s": total_s, "videos": len(files)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--videos", type=int, default=20000)
@@ -162,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("--cold", dest="cold", action="store_true", default=True)
     cache.add_argument("--warm", dest="cold", action="store_false")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parts", nargs="+", choices=("preflight", "epoch"), default=["epoch"])
+    p.add_argument("--threads", type=int, default=2, help="pre-flight reader threads")
     args = p.parse_args(argv)
 
     folder = (
@@ -177,12 +208,25 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             generate(folder, args.videos, args.steps, args.dim, args.seed)
             print(f"  generated in {time.perf_counter() - t0:.0f} s", flush=True)
+        size = sum(f.stat().st_size for f in (folder / "features").iterdir()) / 1e9
+        cache = "cold" if args.cold else "warm"
+        print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        if "preflight" in args.parts:
+            pf = preflight(folder, args)
+            print(
+                f"pre-flight of {pf['videos']} videos ({size:.1f} GB, {cache} cache): "
+                f"{pf['preflight_s']:.1f} s ({size * 1e3 / pf['preflight_s']:.0f} MB/s, "
+                f"{args.threads} threads); baseline np.load + isfinite, one thread: "
+                f"{pf['baseline_s']:.1f} s; ratio {pf['preflight_s'] / pf['baseline_s']:.2f}",
+                flush=True,
+            )
+        if "epoch" not in args.parts:
+            return 0
         if args.cold:
             evict(folder)
         res = one_epoch(folder, args)
-        size = sum(f.stat().st_size for f in (folder / "features").iterdir()) / 1e9
         print(
-            f"videos {res['videos']} ({size:.1f} GB on disk, {'cold' if args.cold else 'warm'} cache), "
+            f"videos {res['videos']} ({size:.1f} GB on disk, {cache} cache), "
             f"batch {args.batch_size}, resize_to {args.resize_to}, workers {args.workers}\n"
             f"  setup (annotations, file checks, .npy headers): {res['setup_s']:.1f} s\n"
             f"  epoch: {res['epoch_s']:.1f} s = {res['videos_per_s']:.0f} videos/s "

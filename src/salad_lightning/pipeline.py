@@ -18,8 +18,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from salad_lightning import reporting
+from salad_lightning.data.report import format_report
 from salad_lightning.utils.distributed import gather_videos
 from salad_lightning.utils.instantiate import build, build_list
 from salad_lightning.utils.io import atomic_write_json, atomic_write_text
@@ -69,15 +71,22 @@ def _session(cfg: DictConfig) -> Iterator[tuple[Any, Any, pl.Trainer, list[Any],
         yield datamodule, model, trainer, loggers, out_dir
 
 
-def _check_classes(cfg: DictConfig, datamodule: Any) -> None:
-    """The config's class count must match the annotation file's class index."""
-    names = datamodule.class_index.names
-    if len(names) != int(cfg.dataset.num_classes):
+def _preflight(datamodule: Any, stages: list[str], out_dir: Path) -> dict[str, Any]:
+    """Check every feature file the run will read, before it reads any (rank zero only:
+    the other processes of a DDP run wait for it at the first collective). Writes
+    ``data_report.json``; unusable files stop the run, named in the message."""
+    if rank_zero_only.rank != 0:
+        return {}
+    report, problems = datamodule.preflight_report(stages)
+    atomic_write_json(out_dir / "data_report.json", report)
+    if problems:
+        shown = "\n  ".join(p.message() for p in problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise ValueError(
-            f"dataset.num_classes is {cfg.dataset.num_classes} but the annotation file "
-            f"{cfg.dataset.datamodule.annotation_file} has {len(names)} classes; "
-            "set dataset.num_classes to match"
+            f"{len(problems)} feature files cannot be used (all listed in "
+            f"{out_dir / 'data_report.json'}):\n  {shown}{more}"
         )
+    return report
 
 
 def _check_manual_optimisation(model: Any, trainer: pl.Trainer) -> None:
@@ -127,15 +136,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit on the training split, then test the last checkpoint. Returns the test metrics."""
     with _session(cfg) as (datamodule, model, trainer, loggers, out_dir):
         _check_manual_optimisation(model, trainer)
-        datamodule.setup("fit")
-        _check_classes(cfg, datamodule)
+        testing = cfg.get("test_after_training", True) and datamodule.hparams.test_subset
+        _preflight(datamodule, ["fit", "test"] if testing else ["fit"], out_dir)
         atomic_write_json(
             out_dir / "class_index.json", {"names": list(datamodule.class_index.names)}
         )
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         summary: dict[str, Any] = {}
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        if cfg.get("test_after_training", True) and datamodule.hparams.test_subset is not None:
+        if testing:
             ckpt = _last_checkpoint(trainer)
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
             summary = _finish_test(model, trainer, loggers, out_dir, cfg)
@@ -166,6 +175,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint on the test split."""
     ckpt = _require_ckpt(cfg, "test")
     with _session(cfg) as (datamodule, model, trainer, loggers, out_dir):
+        _preflight(datamodule, ["test"], out_dir)
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
         summary = _finish_test(model, trainer, loggers, out_dir, cfg)
         if trainer.is_global_zero:
@@ -177,6 +187,7 @@ def validate(cfg: DictConfig) -> dict[str, float]:
     """Validation metrics of a checkpoint (the holdout split), in one process or under DDP."""
     ckpt = _require_ckpt(cfg, "validate")
     with _session(cfg) as (datamodule, model, trainer, _, out_dir):
+        _preflight(datamodule, ["validate"], out_dir)
         trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt)
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if trainer.is_global_zero:
@@ -188,6 +199,7 @@ def predict(cfg: DictConfig) -> Path:
     """Detections for a features folder or one ``.npy`` file, as an ActivityNet results JSON."""
     ckpt = _require_ckpt(cfg, "predict")
     with _session(cfg) as (datamodule, model, trainer, _, out_dir):
+        _preflight(datamodule, ["predict"], out_dir)
         batches = trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt)
         preds = gather_videos([p for batch in batches or [] for p in batch])
         path = Path(cfg.get("predict_output") or out_dir / "results.json")
@@ -236,7 +248,29 @@ def export_alpha(cfg: DictConfig) -> Path:
     return path
 
 
+def check(cfg: DictConfig) -> dict[str, Any]:
+    """``mode=check``: the pre-flight report of every split the config uses, no training.
+
+    Prints it, writes ``data_report.json`` to the run folder, and fails (after writing)
+    when a feature file cannot be used.
+    """
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.dataset.get("generate") is not None:
+        build(cfg.dataset.generate)
+    datamodule = build(cfg.dataset.datamodule)
+    stages = ["fit"] + (["test"] if datamodule.hparams.test_subset is not None else [])
+    report, problems = datamodule.preflight_report(stages, log_summary=False)
+    atomic_write_json(out_dir / "data_report.json", report)
+    print(format_report(report))
+    print(f"data report: {out_dir / 'data_report.json'}")
+    if problems:
+        raise ValueError(f"{len(problems)} feature files cannot be used (listed above)")
+    return report
+
+
 MODES = {
+    "check": check,
     "train": train,
     "test": test,
     "validate": validate,

@@ -23,13 +23,14 @@ def summarise(last_eval: dict[str, Any], class_names: Sequence[str]) -> dict[str
     thresholds = [k.split("@", 1)[1] for k in values if k.startswith("mAP@")]
     per_class = values.get("per_class_ap")
     table: dict[str, list[float]] = {}
+    absent: list[str] = []
     if per_class is not None:
         arr = np.asarray(per_class.cpu() if hasattr(per_class, "cpu") else per_class, dtype=float)
         present = values.get("classes_present")
         idx = np.asarray(present.cpu() if hasattr(present, "cpu") else present, dtype=int)
         for row, c in zip(arr, idx):
-            name = class_names[c] if c < len(class_names) else str(c)
-            table[name] = [round(float(x), 6) for x in row]
+            table[_class_name(class_names, c)] = [float(x) for x in row]
+        absent = [_class_name(class_names, c) for c in range(len(class_names)) if c not in set(idx)]
     summary: dict[str, Any] = {
         "split": split,
         "tiou_thresholds": [float(t) for t in thresholds],
@@ -44,7 +45,14 @@ def summarise(last_eval: dict[str, Any], class_names: Sequence[str]) -> dict[str
         n_bins = int(last_eval.get("n_bins", 15))
         summary[f"{split}/ece"] = float(expected_calibration_error(conf, correct, n_bins=n_bins))
     summary["per_class_ap"] = table
+    # classes with no ground truth in the split: no AP, left out of the mAP (official)
+    summary["classes_without_ground_truth"] = [n for n in absent if n is not None]
     return summary
+
+
+def _class_name(class_names: Sequence[str | None], c: int) -> str | None:
+    """The name of class ``c`` (``None``: unnamed); its index as text outside the list."""
+    return class_names[c] if c < len(class_names) else str(c)
 
 
 def map_table(summary: dict[str, Any]) -> str:
@@ -66,9 +74,18 @@ def per_class_markdown(summary: dict[str, Any]) -> str:
         "| class | " + " | ".join(f"AP@{t:g}" for t in thr) + " | mean |",
         "|---" * (len(thr) + 2) + "|",
     ]
-    for name, aps in sorted(summary["per_class_ap"].items()):
+    for name, aps in sorted(summary["per_class_ap"].items(), key=lambda kv: str(kv[0])):
         cells = [f"{100 * a:.2f}" for a in aps] + [f"{100 * float(np.mean(aps)):.2f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    absent = summary.get("classes_without_ground_truth") or []
+    for name in sorted(absent):
+        lines.append(f"| {name} | " + " | ".join(["–"] * (len(thr) + 1)) + " |")
+    if absent:
+        lines += [
+            "",
+            f"–: no ground truth in the {summary.get('split', 'test')} split; no AP, left out "
+            "of the mAP (as the official evaluator does).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -79,13 +96,14 @@ def results_json(outputs: Sequence[dict[str, Any]], class_names: Sequence[str]) 
         segs = np.asarray(out["segments"], dtype=float).reshape(-1, 2)
         scores = np.asarray(out["scores"], dtype=float).reshape(-1)
         labels = np.asarray(out["labels"], dtype=int).reshape(-1)
+        # Full precision (float's shortest round-trip repr): rounding made ties that the
+        # run's own metric did not see, so the command's mAP differed from the run's.
+        # Detections of a class the annotation file never names cannot be written; they
+        # are false positives of a class outside the mean, so the mAP is unchanged.
         results[str(out["video_id"])] = [
-            {
-                "label": class_names[lab] if lab < len(class_names) else str(lab),
-                "score": round(float(s), 6),
-                "segment": [round(float(a), 3), round(float(b), 3)],
-            }
+            {"label": name, "score": float(s), "segment": [float(a), float(b)]}
             for (a, b), s, lab in zip(segs, scores, labels)
+            if (name := _class_name(class_names, lab)) is not None
         ]
     return {"version": "salad-lightning", "results": results, "external_data": {}}
 

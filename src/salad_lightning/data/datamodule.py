@@ -11,6 +11,8 @@ batches, for every stage. Build the ``Trainer`` with ``use_distributed_sampler=F
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,13 @@ from salad_lightning.data.dataset import (
     video_mapping,
 )
 from salad_lightning.data.features import FeatureSource
+from salad_lightning.data.preflight import FileProblem, check_split
+from salad_lightning.data.report import SplitData, build_report, summary_line
 from salad_lightning.data.sampler import BucketBatchSampler
+
+log = logging.getLogger(__name__)
+PREFLIGHT_MODES = ("full", "headers")
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
 
 def holdout_split(
@@ -70,6 +78,7 @@ class SaladDataModule(pl.LightningDataModule):
         self,
         *,
         annotation_file: str | None = None,
+        num_classes: int | None = None,
         feature_dir: str | None = None,
         rgb_dir: str | None = None,
         flow_dir: str | None = None,
@@ -96,11 +105,16 @@ class SaladDataModule(pl.LightningDataModule):
         bucket: bool = True,
         bucket_batches: int = 50,
         skip_missing: bool = False,
+        preflight: str = "full",
         class_index_file: str | None = None,
         predict_path: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if preflight not in PREFLIGHT_MODES:
+            raise ValueError(
+                f"dataset.datamodule.preflight must be one of {PREFLIGHT_MODES}, found {preflight!r}"
+            )
         self.save_hyperparameters(logger=False)
         self.source: FeatureSource | None = None
         if predict_path is None or any(d is not None for d in (feature_dir, rgb_dir, flow_dir)):
@@ -116,6 +130,8 @@ class SaladDataModule(pl.LightningDataModule):
         self._class_index: ClassIndex | None = None
         self._feature_dim = feature_dim
         self.datasets: dict[str, TADDataset] = {}
+        # split -> (subsets, every record of the split, found or not)
+        self._split_records: dict[str, tuple[list[str], list[VideoRecord]]] = {}
 
     # -- facts about the data ---------------------------------------------------
     @property
@@ -124,7 +140,11 @@ class SaladDataModule(pl.LightningDataModule):
             if self.hparams.annotation_file is None:
                 raise ValueError("annotation_file is not set (only predict runs without one)")
             given = self._given_class_index()
-            self._annotations = load_annotations(self.hparams.annotation_file, class_index=given)
+            self._annotations = load_annotations(
+                self.hparams.annotation_file,
+                class_index=given,
+                num_classes=self.hparams.num_classes,
+            )
             self._class_index = self._annotations.class_index
         return self._annotations
 
@@ -132,7 +152,14 @@ class SaladDataModule(pl.LightningDataModule):
         if self._class_index is not None:
             return self._class_index
         if self.hparams.class_index_file is not None:
-            self._class_index = ClassIndex.load(self.hparams.class_index_file)
+            index = ClassIndex.load(self.hparams.class_index_file)
+            k = self.hparams.num_classes
+            if k is not None and len(index) != k:
+                raise ValueError(
+                    f"{self.hparams.class_index_file}: {len(index)} classes but "
+                    f"dataset.num_classes is {k}"
+                )
+            self._class_index = index
         return self._class_index
 
     @property
@@ -195,6 +222,7 @@ class SaladDataModule(pl.LightningDataModule):
         source = source or self.source
         if source is None:
             raise ValueError(f"{name}: set feature_dir (or rgb_dir and flow_dir)")
+        self._split_records[name] = (sorted({v.subset for v in videos}), list(videos))
         return TADDataset(
             videos,
             source,
@@ -209,13 +237,14 @@ class SaladDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
+        # idempotent: Lightning calls setup again after the pipeline's own call
         if stage in ("fit", "validate", None):
             train, val = self._train_val_records()
-            if stage != "validate":
+            if stage != "validate" and "train" not in self.datasets:
                 self.datasets["train"] = self._dataset(train, training=True, name="train")
-            if val:
+            if val and "val" not in self.datasets:
                 self.datasets["val"] = self._dataset(val, training=False, name="val")
-        if stage in ("test", None) and h.test_subset is not None:
+        if stage in ("test", None) and h.test_subset is not None and "test" not in self.datasets:
             test = self.annotations.select(h.test_subset)
             self.datasets["test"] = self._dataset(test, training=False, name="test")
         if stage == "predict":
@@ -223,6 +252,66 @@ class SaladDataModule(pl.LightningDataModule):
             self.datasets["predict"] = self._dataset(
                 records, training=False, name="predict", source=source
             )
+
+    def preflight_report(
+        self, stages: Sequence[str], *, workers: int | None = None, log_summary: bool = True
+    ) -> tuple[dict[str, Any], list[FileProblem]]:
+        """Build the splits of ``stages`` (``fit``, ``validate``, ``test``, ``predict``),
+        check every feature file they read (:mod:`~salad_lightning.data.preflight`; values
+        too with ``preflight="full"``) and return ``data_report.json``'s content and the
+        unusable files. Logs one summary line per split."""
+        for stage in stages:
+            self.setup(stage)
+        names = [n for st in stages for n in STAGE_SPLITS.get(st, (st,)) if n in self.datasets]
+        names = list(dict.fromkeys(names))
+        values = self.hparams.preflight == "full"
+        problems: list[FileProblem] = []
+        splits = []
+        for name in names:
+            ds = self.datasets[name]
+            problems += check_split(
+                ds.source, ds.video_ids, split=name, values=values, workers=workers
+            )
+            subsets, records = self._split_records[name]
+            splits.append(
+                SplitData(
+                    name=name,
+                    subsets=subsets,
+                    records=records,
+                    kept_ids=ds.video_ids,
+                    missing_ids=list(getattr(ds, "missing", [])),
+                    raw_lengths=dict(zip(ds.video_ids, ds.raw_lengths)),
+                    stride=None if ds.resize_to is not None else ds.stride,
+                    default_fps=ds.default_fps,
+                )
+            )
+        h = self.hparams
+        annotations = self.annotations if h.annotation_file is not None else None
+        index = self._given_class_index() or (annotations and annotations.class_index)
+        report = build_report(
+            annotation_file=h.annotation_file,
+            annotations=annotations,
+            class_index=index,
+            splits=splits,
+            problems=problems,
+            checked_values=values,
+        )
+        for name, split in report["splits"].items() if log_summary else ():
+            log.info(summary_line(name, split))
+        return report, problems
+
+    def unloaded_targets(self, split: str) -> list[dict[str, Any]]:
+        """Ground truth of the split's videos that have no feature file (skipped with
+        ``skip_missing``). The official evaluator counts them (positives that nothing
+        detects), so the run's metric takes them too, with no prediction."""
+        if split not in self.datasets or split not in self._split_records:
+            return []
+        gone = set(getattr(self.datasets[split], "missing", []))
+        return [
+            {"video_id": v.video_id, "segments": v.raw_segments, "labels": v.raw_labels}
+            for v in self._split_records[split][1]
+            if v.video_id in gone
+        ]
 
     def _predict_records(self) -> tuple[list[VideoRecord], FeatureSource]:
         h, src = self.hparams, self.source

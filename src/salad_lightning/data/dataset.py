@@ -141,6 +141,7 @@ class TADDataset(Dataset):
     # -- construction checks ------------------------------------------------------
     def _drop_missing(self, videos: list[VideoRecord], skip: bool) -> list[VideoRecord]:
         missing = self.source.missing([v.video_id for v in videos])
+        self.missing = missing
         if not missing:
             return videos
         pattern = " and ".join(
@@ -151,7 +152,9 @@ class TADDataset(Dataset):
             f"({pattern}): {_first(missing)}"
         )
         if not skip:
-            raise FileNotFoundError(msg + "; set skip_missing=true to train without them")
+            raise FileNotFoundError(
+                msg + "; to run without them, set dataset.datamodule.skip_missing=true"
+            )
         warnings.warn(msg + "; skipped (skip_missing=true)", DataWarning, stacklevel=3)
         gone = set(missing)
         kept = [v for v in videos if v.video_id not in gone]
@@ -180,8 +183,10 @@ class TADDataset(Dataset):
     def _scan_lengths(self) -> list[int]:
         """Sequence lengths (after downsample/resize), from the ``.npy`` headers when possible."""
         lengths, off = [], []
+        self.raw_lengths: list[int | None] = []  # feature steps in the file, when known
         for video in self.videos:
             shape = self.source.scan_shape(video.video_id)
+            self.raw_lengths.append(None if shape is None else shape[0])
             if shape is None:  # .pt / .csv: estimated, checked on load
                 raw = (
                     expected_length(video.duration, self._fps(video), self.stride)
@@ -257,7 +262,7 @@ class TADDataset(Dataset):
         else:  # only the rows of the crop are read and checked
             k = self.downsample
             x = np.array(raw[start * k : stop * k], dtype=np.float32)
-            check_finite(x, f"{where}, rows {start * k}:{start * k + len(x)}" if start else where)
+            check_finite(x, where, offset=start * k)
             x = downsample_features(x, k)
         return np.ascontiguousarray(x, dtype=np.float32), start, stop, total
 
@@ -287,8 +292,9 @@ class TADDataset(Dataset):
                 "fps": video.fps if video.fps is not None else self.default_fps,
                 "crop_start": int(start),
                 "gt_index": keep.astype(np.int64),
-                "gt_segments_sec": video.segments,
-                "gt_labels": video.labels,
+                # what the evaluator reads: the annotations as published (raw)
+                "gt_segments_sec": video.raw_segments,
+                "gt_labels": video.raw_labels,
             },
         }
 

@@ -12,7 +12,6 @@ and concatenated on the channel axis (RGB first).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,11 @@ import torch
 SUPPORTED_EXT = (".npy", ".pt", ".csv")
 
 
-def npy_shape(path: str | Path) -> tuple[int, ...]:
-    """The array shape stored in a ``.npy`` header, without reading the data."""
+def npy_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) from a ``.npy`` header, without reading the data.
+
+    ValueError (or EOFError) when the file is not a ``.npy`` file.
+    """
     with open(path, "rb") as fh:
         major, _ = np.lib.format.read_magic(fh)
         read = (
@@ -32,8 +34,13 @@ def npy_shape(path: str | Path) -> tuple[int, ...]:
             if major == 1
             else np.lib.format.read_array_header_2_0
         )
-        shape, _, _ = read(fh)
-    return tuple(shape)
+        shape, _, dtype = read(fh)
+        return tuple(shape), np.dtype(dtype), fh.tell()
+
+
+def npy_shape(path: str | Path) -> tuple[int, ...]:
+    """The array shape stored in a ``.npy`` header, without reading the data."""
+    return npy_header(path)[0]
 
 
 def read_feature_file(path: str | Path) -> np.ndarray:
@@ -139,7 +146,14 @@ class FeatureSource:
         """(T, C) from the ``.npy`` headers, checked; None for formats that need a full read."""
         if self.ext.lower() != ".npy":
             return None
-        shapes = [(p, npy_shape(p)) for p in self.paths(video_id)]
+        shapes = []
+        for p in self.paths(video_id):
+            try:
+                shapes.append((p, npy_shape(p)))
+            except (ValueError, OSError, EOFError, SyntaxError) as err:
+                raise ValueError(
+                    f"{p} (video {video_id}): not a readable .npy file ({err})"
+                ) from None
         for p, shape in shapes:
             self._check_shape(p, video_id, shape)
         return self._combined_shape(video_id, shapes)
@@ -183,16 +197,33 @@ class FeatureSource:
         return t, c
 
 
-def check_finite(x: np.ndarray, where: str) -> None:
-    """Raise naming the file and the first bad step when ``x`` holds NaN or Inf."""
-    finite = np.isfinite(x)
-    if not finite.all():
-        bad = np.argwhere(~finite)
-        n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
-        raise ValueError(
-            f"{where}: features must be finite, found {n_nan} NaN and {n_inf} Inf values "
-            f"(first at step {bad[0][0]}, channel {bad[0][1]})"
-        )
+def first_non_finite(x: np.ndarray, *, offset: int = 0) -> str | None:
+    """None when every value of ``x`` (T, C) is finite, else what and where.
+
+    One float64 sum decides: on float16/float32 inputs it cannot overflow, so it is
+    finite exactly when every value is (float64 inputs near 1e308 are rechecked).
+    ``offset`` is added to the reported step: the whole video's step of row 0 of ``x``.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(x, axis=None, dtype=np.float64)
+    if np.isfinite(total):
+        return None
+    bad = ~np.isfinite(x)
+    if not bad.any():  # a float64 input whose sum overflowed
+        return None
+    step, channel = np.argwhere(bad)[0]
+    n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+    return (
+        f"{n_nan} NaN and {n_inf} Inf values, the first at step {int(step) + offset} "
+        f"(channel {int(channel)})"
+    )
+
+
+def check_finite(x: np.ndarray, where: str, *, offset: int = 0) -> None:
+    """Raise naming ``where`` and the first bad step (of the whole video) on NaN or Inf."""
+    bad = first_non_finite(x, offset=offset)
+    if bad is not None:
+        raise ValueError(f"{where}: features must be finite, found {bad}")
 
 
 def expected_length(duration: float, fps: float, stride: int) -> float:
@@ -202,7 +233,3 @@ def expected_length(duration: float, fps: float, stride: int) -> float:
 
 def length_ratio_ok(length: int, expected: float, low: float = 0.5, high: float = 2.0) -> bool:
     return expected <= 0 or low <= length / expected <= high
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))

@@ -25,6 +25,9 @@ Rules the official code leaves to numpy's sort, fixed here:
   every ``tiou < threshold`` test, so the official code matches such a pair at
   every threshold and tries it first. It is kept, as tIoU = +inf. Against a
   segment of positive length a zero-length one has tIoU 0.
+- segments that end before they start are taken as the official code takes them:
+  the intersection is 0, so the tIoU is ``0 / (len_p + len_g)``: NaN (as above)
+  when ``len_p == -len_g``, at most 0 otherwise.
 
 Speed, with the same result: a prediction can only be a true positive through a
 ground truth whose tIoU with it reaches the lowest threshold; those candidate
@@ -114,11 +117,6 @@ def _check_rows(name: str, video, segments, labels, scores=None) -> tuple[np.nda
     start, end = np.ascontiguousarray(segments[:, 0]), np.ascontiguousarray(segments[:, 1])
     if not (np.isfinite(start).all() and np.isfinite(end).all()):
         raise ValueError(f"{name}_segments: every start and end must be finite")
-    bad = np.flatnonzero(end < start)
-    if len(bad):
-        raise ValueError(
-            f"{name}_segments: row {bad[0]} ends before it starts: [{start[bad[0]]}, {end[bad[0]]}]"
-        )
     out = [video.astype(np.int64), start, end, labels.astype(np.int64)]
     if scores is not None:
         scores = np.asarray(scores, dtype=np.float64)
@@ -196,6 +194,33 @@ def _search_keys(group: np.ndarray, start: np.ndarray):
     return lambda g, x: g + 1j * x
 
 
+def _degenerate_pairs(p_gid, p_len, g_gid, g_len) -> tuple[np.ndarray, np.ndarray]:
+    """(pred, gt) pairs of one (video, class) group with ``len_p == -len_g`` and one of
+    the two lengths <= 0: the pairs whose official tIoU is 0 / 0 = NaN."""
+    out_p, out_g = [], []
+    # a non-negative prediction against a gt of length <= 0, then the converse
+    for p_sel, g_sel, p_sign in (
+        (np.flatnonzero((p_gid >= 0) & (p_len >= 0)), np.flatnonzero(g_len <= 0), 1.0),
+        (np.flatnonzero((p_gid >= 0) & (p_len < 0)), np.flatnonzero(g_len > 0), -1.0),
+    ):
+        if not (len(p_sel) and len(g_sel)):
+            continue
+        # key (group, |length|): complex numbers sort lexicographically
+        g_key = g_gid[g_sel] + 1j * (-p_sign * g_len[g_sel])
+        g_sel = g_sel[np.argsort(g_key, kind="stable")]
+        g_key = np.sort(g_key, kind="stable")
+        p_key = p_gid[p_sel] + 1j * (p_sign * p_len[p_sel])
+        lo = np.searchsorted(g_key, p_key, side="left")
+        hi = np.searchsorted(g_key, p_key, side="right")
+        owner, at = _expand(lo, hi)
+        out_p.append(p_sel[owner])
+        out_g.append(g_sel[at])
+    if not out_p:
+        none = np.zeros(0, dtype=np.int64)
+        return none, none
+    return np.concatenate(out_p), np.concatenate(out_g)
+
+
 def _candidate_pairs(pv, p0, p1, p_class, gv, g0, g1, g_class, t_min):
     """Pairs (pred, gt, tIoU) of one video and class with tIoU >= t_min (or NaN).
 
@@ -213,12 +238,13 @@ def _candidate_pairs(pv, p0, p1, p_class, gv, g0, g1, g_class, t_min):
     p_gid = group_of[_dense(pv, videos), p_class]
     p_len, g_len = p1 - p0, g1 - g0
 
-    # Positive length. tIoU >= t needs hull <= length / t and, when the gt starts
+    # Positive lengths. tIoU >= t needs hull <= length / t and, when the gt starts
     # inside the prediction, end - gt_start >= t * length: the gt starts in
     # [end - length / t, end - t * length]. The range is searched with a margin and
     # the exact tIoU test follows. A group whose longest gt is shorter than
     # t * length has no candidate (tIoU <= shorter / longer).
-    by_start = np.lexsort((g0, g_gid))
+    g_pos = np.flatnonzero(g_len > 0)
+    by_start = g_pos[np.lexsort((g0[g_pos], g_gid[g_pos]))]
     key = _search_keys(g_gid, g0)
     keys = key(g_gid[by_start], g0[by_start])
     longest = np.zeros(len(groups))
@@ -232,24 +258,22 @@ def _candidate_pairs(pv, p0, p1, p_class, gv, g0, g1, g_class, t_min):
     owner, at = _expand(lo, hi)
     pp, pg = pos[owner], by_start[at]
 
-    # Zero length: only zero-length gts of the group (tIoU 0/0 = NaN, official quirk).
-    zero_p = np.flatnonzero((p_gid >= 0) & (p_len == 0))
-    zero_g = np.flatnonzero(g_len == 0)
-    has_zero = len(zero_p) > 0 and len(zero_g) > 0
-    if has_zero:
-        zero_g = zero_g[np.argsort(g_gid[zero_g], kind="stable")]
-        lo = np.searchsorted(g_gid[zero_g], p_gid[zero_p], side="left")
-        hi = np.searchsorted(g_gid[zero_g], p_gid[zero_p], side="right")
-        owner, at = _expand(lo, hi)
-        pp = np.concatenate([pp, zero_p[owner]])
-        pg = np.concatenate([pg, zero_g[at]])
+    # Degenerate pairs: where either length is <= 0 the intersection is 0, so the
+    # official tIoU is 0 / (len_p + len_g): NaN (official quirk: matched at every
+    # threshold, tried first) exactly when len_p == -len_g, else <= 0. That covers a
+    # zero-length prediction on a zero-length gt anywhere in the video, and the rare
+    # segment that ends before it starts.
+    extra = _degenerate_pairs(p_gid, p_len, g_gid, g_len)
+    has_degenerate = len(extra[0]) > 0
+    if has_degenerate:
+        pp, pg = np.concatenate([pp, extra[0]]), np.concatenate([pg, extra[1]])
 
     tiou = _tiou(p0[pp], p1[pp], g0[pg], g1[pg])
     nan = np.isnan(tiou)
     keep = nan | (tiou >= t_min)
     tiou[nan] = np.inf
     pp, pg, tiou = pp[keep], pg[keep], tiou[keep]
-    if has_zero:
+    if has_degenerate:
         order = np.lexsort((-pg, -tiou, pp))
         return pp[order], pg[order], tiou[order]
     # Already grouped by prediction: sort each row of candidates in a padded
