@@ -1,4 +1,4 @@
-"""Literal transcriptions of SPEC §3 (Algorithm 1) and the SPEC §7 ablations, loops and all.
+"""Literal transcriptions of docs/method.md §3 (Algorithm 1) and the docs/method.md §7 ablations, loops and all.
 
 Independent of ``salad_lightning.losses.matching``: plain Python floats, one
 batch row at a time, the pseudocode's loops kept as written. The tests compare
@@ -25,7 +25,7 @@ def literal_tiou(seg: tuple[float, float], gt: tuple[float, float]) -> float:
 
 
 def _row_alg1(segs, p, gts, valid_steps, mu):
-    """Algorithm 1 on one row, as SPEC §3 writes it. Returns alpha (T x N), y (T), beta (N)."""
+    """Algorithm 1 on one row, as docs/method.md §3 writes it. Returns alpha (T x N), y (T), beta (N)."""
     T, N = len(segs), len(gts)
     order = sorted(valid_steps, key=lambda t: (-p[t], t))
     alpha = [[False] * N for _ in range(T)]

@@ -15,27 +15,9 @@ from omegaconf import open_dict
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
-# A tiny synthetic dataset and model: one epoch takes a second or two on a CPU.
-TINY = [
-    "model.net.hidden_size=16",
-    "model.net.reg_dims=[32,16,16]",
-    "model.net.sa_dims=[32,16,16]",
-    "model.net.cls_dims=[32,16]",
-    "dataset.feature_dim=16",
-    "+dataset.generate.num_train_videos=12",
-    "+dataset.generate.num_test_videos=6",
-    "+dataset.generate.max_duration=90.0",
-    "dataset.generate.amplitude=3.0",
-    "dataset.generate.noise=0.3",
-    "model.optimizer.lr=3e-3",
-    "dataset.datamodule.batch_size=4",
-    "dataset.datamodule.val_holdout=0.25",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=1",
-    "model.cls_pretrain_epochs=0",
-    "num_timeline_plots=2",
-]
+# A tiny synthetic dataset and model (conf/dataset/synthetic_tiny.yaml, conf/debug/tiny.yaml,
+# which users have too): one epoch takes a second or two on a CPU.
+TINY = ["dataset=synthetic_tiny", "debug=tiny"]
 
 
 def compose_cfg(tmp_path: Path, overrides: list[str] = (), *, tiny: bool = True):

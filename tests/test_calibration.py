@@ -77,3 +77,36 @@ def test_true_positive_flags_use_the_greedy_official_matching():
     assert tp.tolist() == [True, False, True, False, False]
     assert true_positive_flags(np.zeros((0, 2)), [], [], gt_segments, gt_labels).shape == (0,)
     assert true_positive_flags([[0, 1]], [0.5], [0], np.zeros((0, 2)), []).tolist() == [False]
+
+
+def test_the_metric_labels_detections_per_video_and_counts_each_video_once():
+    import torch
+
+    from salad_lightning.metrics.detection_calibration import DetectionCalibrationError
+
+    # video a: gt [0, 10] class 0; detections 0.9 [1, 10] (TP), 0.4 [0, 10] (gt taken: FP)
+    # video b: gt [5, 9] class 1; detection 0.6 [5, 9] class 0 (wrong class: FP)
+    a = ({"video_id": "a", "segments": [[1, 10], [0, 10]], "scores": [0.9, 0.4], "labels": [0, 0]},
+         {"video_id": "a", "segments": [[0, 10]], "labels": [0]})  # fmt: skip
+    b = ({"video_id": "b", "segments": [[5, 9]], "scores": [0.6], "labels": [0]},
+         {"video_id": "b", "segments": [[5, 9]], "labels": [1]})  # fmt: skip
+    metric = DetectionCalibrationError(n_bins=2)
+    metric.update([a[0], b[0]], [a[1], b[1]])
+    metric.update([a[0]], [a[1]])  # a repeated (a distributed sampler's padding): once
+    out = metric.compute()
+    # bins (0, .5]: 0.4 FP -> gap 0.4, weight 1/3; (.5, 1]: 0.9 TP, 0.6 FP -> mean conf
+    # 0.75, accuracy 0.5 -> gap 0.25, weight 2/3. ECE = 0.4/3 + 0.5/3 = 0.3
+    assert float(out["ece"]) == pytest.approx(0.3, abs=1e-12)
+    assert sorted(out["confidences"].tolist()) == [0.4, 0.6, 0.9]
+    assert int(out["correct"].sum()) == 1
+    # torchmetrics' BinaryCalibrationError bins [lower, upper): at a bin edge it differs
+    from torchmetrics.classification import BinaryCalibrationError
+
+    ours = expected_calibration_error([0.5, 0.5, 0.9], [0, 0, 1], n_bins=2)
+    theirs = BinaryCalibrationError(n_bins=2)(
+        torch.tensor([0.5, 0.5, 0.9]), torch.tensor([0, 0, 1])
+    )
+    # ours: 0.5 -> (0, .5]: gap 0.5 x 2/3; 0.9 -> gap 0.1 x 1/3 = 1/3 + 1/30
+    assert ours == pytest.approx(1 / 3 + 1 / 30)
+    # theirs: 0.5 and 0.9 share [.5, 1): mean conf 0.6333, accuracy 1/3, gap 0.3
+    assert float(theirs) == pytest.approx(0.3, abs=1e-6)

@@ -164,7 +164,7 @@ def test_cls_only():
 
 
 class TinyNet(torch.nn.Module):
-    """BiGRU + three linear heads, the shape of SaladNet (SPEC §2), tiny."""
+    """BiGRU + three linear heads, the shape of SaladNet (docs/method.md §2), tiny."""
 
     def __init__(self, c=6, h=5, k=K, max_offset=3.0):
         super().__init__()

@@ -13,21 +13,10 @@ import pytorch_lightning as pl
 import torch
 
 from salad_lightning.data.annotations import ClassIndex, DataWarning
+from salad_lightning.data.batch import Batch
 from salad_lightning.data.datamodule import SaladDataModule, holdout_split
+from salad_lightning.data.dataset import max_gt_steps
 from salad_lightning.data.sampler import BucketBatchSampler
-
-BATCH_KEYS = {
-    "features",
-    "frame_mask",
-    "lengths",
-    "gt_segments",
-    "gt_labels",
-    "gt_mask",
-    "scale",
-    "offset",
-    "duration",
-    "meta",
-}
 
 
 def _thumos_dm(folder, **kw) -> SaladDataModule:
@@ -50,21 +39,22 @@ def quiet():
 
 
 def _check_batch(b, c, max_len=None):
-    assert set(b) == BATCH_KEYS
-    bsz, t, ch = b["features"].shape
-    assert ch == c and b["frame_mask"].shape == (bsz, t)
-    assert b["lengths"].tolist() == b["frame_mask"].sum(1).tolist() and int(b["lengths"].max()) == t
+    assert isinstance(b, Batch)
+    assert torch.equal(b.lengths_host, b.lengths.cpu())
+    bsz, t, ch = b.features.shape
+    assert ch == c and b.frame_mask.shape == (bsz, t)
+    assert b.lengths.tolist() == b.frame_mask.sum(1).tolist() and int(b.lengths.max()) == t
     if max_len is not None:
         assert t <= max_len
-    n = b["gt_segments"].shape[1]
-    assert b["gt_segments"].shape == (bsz, n, 2) and b["gt_labels"].shape == b["gt_mask"].shape == (
+    n = b.gt_segments.shape[1]
+    assert b.gt_segments.shape == (bsz, n, 2) and b.gt_labels.shape == b.gt_mask.shape == (
         bsz,
         n,
     )
     for k in ("scale", "offset", "duration"):
-        assert b[k].shape == (bsz,) and b[k].dtype == torch.float64
-    assert len(b["meta"]) == bsz
-    for m in b["meta"]:
+        assert getattr(b, k).shape == (bsz,) and getattr(b, k).dtype == torch.float64
+    assert len(b.meta) == bsz
+    for m in b.meta:
         assert {
             "video_id",
             "duration",
@@ -89,7 +79,7 @@ def test_thumos_splits_and_facts(thumos_folder, quiet):
     assert train.training and not val.training
     dm.setup("test")
     assert len(dm.datasets["test"]) == 212
-    longest = max(ds.max_gt_steps() for ds in (train,))
+    longest = max_gt_steps(train.videos, train.mappings)
     assert dm.max_offset == longest
 
 
@@ -119,19 +109,19 @@ def test_loaders_follow_the_contract(thumos_folder, quiet):
     seen = []
     for b in tl:
         _check_batch(b, 8, max_len=256)
-        seen += [m["video_id"] for m in b["meta"]]
+        seen += [m["video_id"] for m in b.meta]
     assert sorted(seen) == sorted(dm.datasets["train"].video_ids)
     val = list(dm.val_dataloader())
-    assert sum(len(b["meta"]) for b in val) == 20
+    assert sum(len(b.meta) for b in val) == 20
     for b in val:
         _check_batch(b, 8)
-        assert all(m["crop_start"] == 0 for m in b["meta"])
-    full = [m for b in dm.full_train_dataloader() for m in b["meta"]]
+        assert all(m["crop_start"] == 0 for m in b.meta)
+    full = [m for b in dm.full_train_dataloader() for m in b.meta]
     assert sorted(m["video_id"] for m in full) == sorted(dm.datasets["train"].video_ids)
     assert all(m["crop_start"] == 0 for m in full)
     test = list(dm.test_dataloader())
     assert len(test) == math.ceil(212 / 8)
-    longest = max(int(b["lengths"].max()) for b in test)
+    longest = max(int(b.lengths.max()) for b in test)
     assert longest == max(dm.datasets["test"].lengths) > 256  # whole videos
 
 
@@ -197,7 +187,7 @@ def test_activitynet_layout(anet_folder):
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
         for b in loader:
             _check_batch(b, 16)
-            assert b["features"].shape[1] == 100
+            assert b.features.shape[1] == 100
     assert dm.num_classes == 4
     longest = max(
         float(np.max(v.segments[:, 1] - v.segments[:, 0]) / (v.duration / 100))
@@ -235,7 +225,7 @@ def test_predict_a_folder_without_annotations(tmp_path):
     assert [v.duration for v in ds.videos] == [12.0, 4.8]
     (b,) = list(dm.predict_dataloader())
     _check_batch(b, 6)
-    assert b["gt_segments"].shape == (2, 0, 2)
+    assert b.gt_segments.shape == (2, 0, 2)
     one = SaladDataModule(predict_path=str(tmp_path / "clipB.npy"), default_fps=25.0)
     one.setup("predict")
     assert one.datasets["predict"].video_ids == ["clipB"]
@@ -265,8 +255,8 @@ class _Recorder(pl.LightningModule):
 
     def _step(self, batch, split):
         _check_batch(batch, self.c)
-        self.seen[split].append([m["video_id"] for m in batch["meta"]])
-        return self.lin(batch["features"]).masked_select(batch["frame_mask"][..., None]).mean()
+        self.seen[split].append([m["video_id"] for m in batch.meta])
+        return self.lin(batch.features).masked_select(batch.frame_mask[..., None]).mean()
 
     def training_step(self, batch, _):
         return self._step(batch, "train")
@@ -279,7 +269,7 @@ class _Recorder(pl.LightningModule):
 
     def predict_step(self, batch, _):
         _check_batch(batch, self.c)
-        return [m["video_id"] for m in batch["meta"]]
+        return [m["video_id"] for m in batch.meta]
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -335,7 +325,7 @@ def _ddp_worker(rank, world, init_file, folder, out):
     ):
         # the samplers take their rank from torch.distributed
         assert loader.batch_sampler.rank == rank and loader.batch_sampler.num_replicas == world
-        got[split] = [[m["video_id"] for m in b["meta"]] for b in loader]
+        got[split] = [[m["video_id"] for m in b.meta] for b in loader]
     gathered = [None] * world
     torch.distributed.all_gather_object(gathered, got)
     if rank == 0:

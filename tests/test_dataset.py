@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from salad_lightning.data.annotations import DataWarning, VideoRecord, load_annotations
-from salad_lightning.data.dataset import TADDataset, collate_videos, video_mapping
+from salad_lightning.data.dataset import TADDataset, collate_videos, max_gt_steps, video_mapping
 from salad_lightning.data.features import FeatureSource
 from salad_lightning.data.mapping import TimeMapping
 
@@ -24,6 +25,7 @@ BATCH_KEYS = {
     "offset",
     "duration",
     "meta",
+    "lengths_host",
 }
 META_KEYS = {
     "video_id",
@@ -119,7 +121,7 @@ def test_real_thumos_at_2048_dims(tmp_path, thumos_json):
         _, ds = _thumos(folder, "Test", skip_missing=True)
     assert sorted(ds.video_ids) == ids
     batch = collate_videos([ds[0], ds[1]])
-    assert batch["features"].shape == (2, max(lengths.values()), 2048)
+    assert batch.features.shape == (2, max(lengths.values()), 2048)
 
 
 def test_downsampled_and_resized_mappings_by_hand():
@@ -205,26 +207,27 @@ def test_collate_matches_the_contract():
         }
 
     b = collate_videos([sample("a", 5, [[0, 1]]), sample("b", 3, [[0, 1], [1, 2]], crop_start=2)])
-    assert set(b) == BATCH_KEYS
-    assert b["features"].shape == (2, 5, 3) and b["features"][1, 3:].abs().sum() == 0
-    assert b["frame_mask"].tolist() == [[True] * 5, [True] * 3 + [False] * 2]
-    assert b["lengths"].tolist() == [5, 3] and b["lengths"].dtype == torch.int64
-    assert b["gt_segments"].shape == (2, 2, 2) and b["gt_segments"].dtype == torch.float32
-    assert b["gt_mask"].tolist() == [[True, False], [True, True]]
-    assert b["gt_labels"].tolist() == [[0, 0], [0, 1]] and b["gt_labels"].dtype == torch.int64
+    assert {f.name for f in dataclasses.fields(b)} == BATCH_KEYS
+    assert b.features.shape == (2, 5, 3) and b.features[1, 3:].abs().sum() == 0
+    assert b.frame_mask.tolist() == [[True] * 5, [True] * 3 + [False] * 2]
+    assert b.lengths.tolist() == [5, 3] and b.lengths.dtype == torch.int64
+    assert b.gt_segments.shape == (2, 2, 2) and b.gt_segments.dtype == torch.float32
+    assert b.gt_mask.tolist() == [[True, False], [True, True]]
+    assert b.gt_labels.tolist() == [[0, 0], [0, 1]] and b.gt_labels.dtype == torch.int64
     for key in ("scale", "offset", "duration"):
-        assert b[key].dtype == torch.float64 and b[key].shape == (2,)
-    assert b["offset"][1].item() == pytest.approx(8 / 30 + 2 * 4 / 30)
-    assert [m["video_id"] for m in b["meta"]] == ["a", "b"]
+        assert getattr(b, key).dtype == torch.float64 and getattr(b, key).shape == (2,)
+    assert b.offset[1].item() == pytest.approx(8 / 30 + 2 * 4 / 30)
+    assert [m["video_id"] for m in b.meta] == ["a", "b"]
     empty = collate_videos([sample("a", 4, []), sample("b", 2, [])])
-    assert empty["gt_segments"].shape == (2, 0, 2) and empty["gt_mask"].shape == (2, 0)
+    assert empty.gt_segments.shape == (2, 0, 2) and empty.gt_mask.shape == (2, 0)
+    assert b.lengths_host.tolist() == [5, 3] and b.lengths_host.device.type == "cpu"
 
 
 def test_sample_meta_keys(thumos_folder):
     _, ds = _thumos(thumos_folder, "Test")
     b = collate_videos([ds[0], ds[1]])
-    assert set(b) == BATCH_KEYS
-    assert META_KEYS <= set(b["meta"][0])
+    assert {f.name for f in dataclasses.fields(b)} == BATCH_KEYS
+    assert META_KEYS <= set(b.meta[0])
 
 
 def test_max_gt_steps_by_hand(make_folder):
@@ -248,13 +251,13 @@ def test_max_gt_steps_by_hand(make_folder):
         FeatureSource(feature_dir=folder.feature_dir),
     )
     # a: 10.1 s * 30 / 4 = 75.75 steps; b: 12 s * 25 / 4 = 75 steps -> ceil(75.75) = 76
-    assert ds.max_gt_steps() == 76
+    assert max_gt_steps(ds.videos, ds.mappings) == 76
 
 
 def test_thumos_longest_validation_segment(thumos_folder):
     _, ds = _thumos(thumos_folder, "Validation")
     # video_validation_0000158: 118.1 s at 30 fps, stride 4 -> 885.75 steps
-    assert ds.max_gt_steps() == 886
+    assert max_gt_steps(ds.videos, ds.mappings) == 886
 
 
 # -- input checks ----------------------------------------------------------------
@@ -364,12 +367,12 @@ def test_activitynet13_resized_to_100(anet_folder):
     ds = TADDataset(ann.select("training"), src, resize_to=100)
     assert ds.lengths == [100] * len(ds)
     b = collate_videos([ds[i] for i in range(len(ds))])
-    assert b["features"].shape == (len(ds), 100, 16) and b["frame_mask"].all()
+    assert b.features.shape == (len(ds), 100, 16) and b.frame_mask.all()
     v = ds.videos[0]
-    np.testing.assert_allclose(b["scale"][0].item(), v.duration / 100)
+    np.testing.assert_allclose(b.scale[0].item(), v.duration / 100)
     # i = t / (duration / 100) - 0.5
     expected = v.segments / (v.duration / 100) - 0.5
-    np.testing.assert_allclose(b["gt_segments"][0, : v.num_segments].numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(b.gt_segments[0, : v.num_segments].numpy(), expected, rtol=1e-5)
 
 
 def test_bmn_csv_layout(bmn_csv_folder):
@@ -379,5 +382,5 @@ def test_bmn_csv_layout(bmn_csv_folder):
     )
     ds = TADDataset(ann.select("validation"), src, resize_to=100)
     b = collate_videos([ds[i] for i in range(len(ds))])
-    assert b["features"].shape == (len(ds), 100, 12)
-    assert b["gt_mask"].sum().item() == sum(v.num_segments for v in ds.videos)
+    assert b.features.shape == (len(ds), 100, 12)
+    assert b.gt_mask.sum().item() == sum(v.num_segments for v in ds.videos)

@@ -288,3 +288,55 @@ def test_two_processes_equal_one_process(tmp_path):
     )
     for rank in range(2):
         assert_same(single, torch.load(f"{out}.{rank}"))
+
+
+def _collection_worker(rank, world, init_file, out_file, preds, targets, batches) -> None:
+    from salad_lightning.metrics.detection_calibration import DetectionCalibrationError
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        metrics = _collection(DetectionCalibrationError)
+        for idx in batches[rank]:
+            metrics.update([preds[i] for i in idx], [targets[i] for i in idx])
+        torch.save(metrics.compute(), f"{out_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _collection(calibration_cls):
+    from torchmetrics import MetricCollection
+
+    return MetricCollection(
+        {
+            "map": TemporalActionDetectionMAP(tiou_thresholds=THRESHOLDS),
+            "calibration": calibration_cls(n_bins=10),
+        },
+        compute_groups=False,
+    )
+
+
+@pytest.mark.ddp
+def test_the_metric_collection_on_two_processes_equals_one_process(tmp_path):
+    """mAP and calibration in one MetricCollection, as the module holds them: the same
+    values from two processes (uneven, with a repeated video) as from one."""
+    from salad_lightning.metrics.detection_calibration import DetectionCalibrationError
+
+    preds, targets = make_videos(n_videos=7)
+    batches = [[[0, 2, 4], [6]], [[1], [3, 5, 0]]]
+    single = _collection(DetectionCalibrationError)
+    single.update(preds, targets)
+    ref = single.compute()
+    assert 0 < float(ref["ece"]) < 1 and len(ref["confidences"]) > 0
+    out = str(tmp_path / "values")
+    mp.spawn(
+        _collection_worker,
+        args=(2, str(tmp_path / "init"), out, preds, targets, batches),
+        nprocs=2,
+        join=True,
+    )
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}")
+        assert set(got) == set(ref)
+        assert float(got["ece"]) == pytest.approx(float(ref["ece"]), abs=1e-12)
+        assert got["mAP"] == pytest.approx(float(ref["mAP"]), abs=1e-12)
+        assert sorted(got["confidences"].tolist()) == sorted(ref["confidences"].tolist())

@@ -160,19 +160,6 @@ def test_equal_scores_lower_video_then_earlier_row_first():
     assert r.ap[0, 0] == 1.0
 
 
-def test_recall_at_k_counts_top_ranked_true_positives():
-    gts = [(0, 0, 10, 0), (0, 20, 30, 0), (1, 0, 10, 1)]
-    preds = [
-        (0, 0, 10, 0, 0.9),  # TP, rank 0 in video 0
-        (0, 40, 50, 0, 0.8),  # FP, rank 1
-        (0, 20, 30, 0, 0.7),  # TP, rank 2
-        (1, 0, 10, 1, 0.1),  # TP, rank 0 in video 1
-    ]
-    pv, ps, pscore, pl = _rows(preds)
-    r = evaluate_detections(pv, ps, pscore, pl, *_rows(gts), tiou_thresholds=[0.5], top_k=(1, 2, 3))
-    np.testing.assert_allclose(r.recall[0], [2 / 3, 2 / 3, 1.0])
-
-
 def test_no_ground_truth_gives_nan_and_no_prediction_gives_zero():
     r = evaluate_detections([0], [[0, 1]], [0.5], [0], [], np.zeros((0, 2)), [])
     assert r.labels.size == 0 and np.isnan(r.average_mAP)

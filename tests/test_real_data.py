@@ -207,7 +207,7 @@ def test_mode_check_reports_without_training(tmp_path, capsys):
 def test_mode_check_on_the_synthetic_default(tmp_path, capsys):
     cfg = compose_cfg(tmp_path, ["mode=check"])
     report = run_pipeline(cfg)
-    db = json.loads((tmp_path / "cache" / "synthetic_seed0" / "annotations.json").read_text())
+    db = json.loads((tmp_path / "cache" / "synthetic_tiny_seed0" / "annotations.json").read_text())
     n_test = sum(v["subset"] == "Test" for v in db["database"].values())
     n_train = sum(v["subset"] == "Validation" for v in db["database"].values())
     splits = report["splits"]

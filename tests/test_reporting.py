@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from salad_lightning.metrics.evaluation import Evaluation
 from salad_lightning.reporting import per_class_markdown, results_json, summarise
 
 
@@ -26,17 +27,23 @@ def test_results_json_keeps_every_digit_and_drops_unnamed_classes():
 
 
 def test_classes_without_ground_truth_are_marked():
-    import torch
-
-    values = {
-        "mAP@0.5": torch.tensor(0.25),
-        "mAP": torch.tensor(0.25),
-        "per_class_ap": torch.tensor([[0.5], [0.0]], dtype=torch.float64),
-        "classes_present": torch.tensor([0, 2]),
-    }
-    summary = summarise({"split": "test", "values": values}, ["Run", "Jump", "Swim", None])
+    evaluation = Evaluation(
+        split="test",
+        tiou_thresholds=(0.5,),
+        map_at=(0.25,),
+        average_map=0.25,
+        per_class_ap=np.array([[0.5], [0.0]]),
+        classes_present=np.array([0, 2]),
+        ece=0.125,
+        confidences=np.array([0.9]),
+        correct=np.array([True]),
+        n_bins=15,
+    )
+    summary = summarise(evaluation, ["Run", "Jump", "Swim", None])
     assert summary["per_class_ap"] == {"Run": [0.5], "Swim": [0.0]}
     assert summary["classes_without_ground_truth"] == ["Jump"]
+    assert summary["test/mAP@0.5"] == summary["test/mAP"] == 0.25
+    assert summary["test/ece"] == 0.125
     table = per_class_markdown(summary)
     assert "| Jump | – | – |" in table and "no ground truth in the test split" in table
     assert "| Run | 50.00 | 50.00 |" in table

@@ -1,4 +1,4 @@
-"""``model.cuda_graph``: the graphed training step (utils/step_graph.py).
+"""``model.cuda_graph``: the graphed training step (training/graphs.py).
 
 On the CPU: the ground-truth padding the graphs use leaves the loss and the gradients
 unchanged, the captured body neither synchronises nor branches on tensor values, and
@@ -18,27 +18,35 @@ import pytorch_lightning as pl
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from salad_lightning.data.batch import Batch
 from salad_lightning.lit_module import SaladLitModule
 from salad_lightning.losses.criterion import SaladCriterion
 from salad_lightning.models.net import SaladNet
-from salad_lightning.utils.step_graph import (
+from salad_lightning.training.graphs import (
+    GraphStep,
     StepGraphs,
     batch_key,
     fill_inputs,
     slots,
     static_inputs,
 )
+from salad_lightning.training.step import STAT_KEYS
 
 K, C = 5, 8
 
 
-def make_module(seed: int = 0, **kw) -> SaladLitModule:
+def make_module(seed: int = 0, pruning: str = "salad", **kw) -> SaladLitModule:
     torch.manual_seed(seed)
     net = SaladNet(C, K, hidden_size=8, reg_dims=(16, 8, 8), sa_dims=(16, 8, 8), cls_dims=(16, 8))
     kw.setdefault("optimizer", lambda params: torch.optim.Adam(params, lr=1e-2))
-    return SaladLitModule(
-        net, SaladCriterion(lambda1=1.0, lambda2=0.1, mu=0.5), max_offset=12.0, **kw
-    )
+    loss = SaladCriterion(lambda1=1.0, lambda2=0.1, mu=0.5, pruning=pruning)
+    return SaladLitModule(net, loss, max_offset=12.0, **kw)
+
+
+def graph_body(module: SaladLitModule):
+    """The function a graph captures, whatever the module's own strategy."""
+    body = GraphStep(module.net, module.criterion)
+    return lambda inputs, cls_only: body.graph_forward(module, inputs, cls_only)
 
 
 def make_batch(b: int, t: int, n: int, seed: int, *, padded: bool = False, device="cpu"):
@@ -48,17 +56,21 @@ def make_batch(b: int, t: int, n: int, seed: int, *, padded: bool = False, devic
         lengths[1:] = torch.randint(t // 2, t, (b - 1,), generator=g)
     gt = torch.sort(torch.rand(b, n, 2, generator=g) * t, dim=-1).values
     gt[..., 1] = torch.minimum(gt[..., 0] + 2 + torch.rand(b, n, generator=g) * 8, gt[..., 1])
-    batch = {
-        "features": torch.randn(b, t, C, generator=g),
-        "lengths": lengths,
-        "frame_mask": torch.arange(t) < lengths[:, None],
-        "gt_segments": gt,
-        "gt_labels": torch.randint(0, K, (b, n), generator=g),
-        "gt_mask": torch.rand(b, n, generator=g) < 0.8,
-    }
-    batch = {k: v.to(device) for k, v in batch.items()}
-    batch["lengths_cpu"] = lengths
-    return batch
+    ones = torch.ones(b, dtype=torch.float64)
+    batch = Batch(
+        features=torch.randn(b, t, C, generator=g),
+        lengths=lengths,
+        frame_mask=torch.arange(t) < lengths[:, None],
+        gt_segments=gt,
+        gt_labels=torch.randint(0, K, (b, n), generator=g),
+        gt_mask=torch.rand(b, n, generator=g) < 0.8,
+        scale=ones,
+        offset=ones,
+        duration=ones * t,
+        meta=[{"video_id": f"v{i}"} for i in range(b)],
+        lengths_host=lengths.clone(),
+    )
+    return batch.to(device)
 
 
 def test_slots_round_up_to_powers_of_two():
@@ -71,8 +83,7 @@ def test_batch_key():
     assert batch_key(full, False, 16) == (2, 40, C, 8, False, False)  # unpadded: T kept
     assert batch_key(padded, True, 16) == (2, 48, C, 16, True, True)
     assert batch_key(padded, True, 40) == (2, 40, C, 16, True, True)
-    on_device = {**padded, "lengths_cpu": torch.zeros(2, dtype=torch.int64, device="meta")}
-    assert batch_key(on_device, True, 16) is None
+    assert padded.lengths_host.device.type == "cpu"  # the key never reads the device
 
 
 def test_fill_inputs_pads_and_clears_old_values():
@@ -81,12 +92,12 @@ def test_fill_inputs_pads_and_clears_old_values():
     assert static["gt_segments"].shape == (2, 8, 2) and static["gt_mask"].dtype == torch.bool
     fill_inputs(static, big)
     fill_inputs(static, small)  # the earlier batch's steps 10, 11 and slots 2..5 must not survive
-    assert torch.equal(static["features"][:, :10], small["features"])
-    assert torch.equal(static["frame_mask"][:, :10], small["frame_mask"])
-    assert torch.equal(static["lengths"], small["lengths"])
+    assert torch.equal(static["features"][:, :10], small.features)
+    assert torch.equal(static["frame_mask"][:, :10], small.frame_mask)
+    assert torch.equal(static["lengths"], small.lengths)
     assert not static["features"][:, 10:].any() and not static["frame_mask"][:, 10:].any()
     for k in ("gt_segments", "gt_labels", "gt_mask"):
-        assert torch.equal(static[k][:, :2], small[k]), k
+        assert torch.equal(static[k][:, :2], getattr(small, k)), k
         assert not static[k][:, 2:].any(), k
 
 
@@ -117,10 +128,10 @@ def test_encode_padded_is_the_packed_encoder_at_valid_steps():
 
 def _graph_vs_eager(module, batch, cls_only, time_bucket=16):
     module.net.zero_grad(set_to_none=True)
-    logs = module._step_logs(batch, cls_only)
+    logs = module.training_step_strategy.eager_logs(module, batch, cls_only)
     logs["train/loss"].backward()
     ref_grads = [p.grad.clone() for p in module.parameters()]
-    graphs = StepGraphs(list(module.parameters()), module._graph_forward, time_bucket=time_bucket)
+    graphs = StepGraphs(list(module.parameters()), graph_body(module), time_bucket=time_bucket)
     key = batch_key(batch, cls_only, time_bucket)
     static = static_inputs(batch, key)
     fill_inputs(static, batch)
@@ -142,8 +153,8 @@ def test_graph_inputs_give_the_eager_step(cls_only, padded):
         assert set(out) == set(logs)
         for k in logs:
             torch.testing.assert_close(out[k], logs[k].detach(), rtol=1e-5, atol=1e-6, msg=k)
-        for k in ("train/pruned_share", "train/gt_matched_share", "train/positives_per_video"):
-            assert torch.equal(out[k], logs[k]), k
+        for k in STAT_KEYS:
+            assert torch.equal(out[f"train/{k}"], logs[f"train/{k}"]), k
         for g, r in zip(grads, ref_grads):
             torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
 
@@ -204,10 +215,9 @@ def test_sync_spy_sees_what_breaks_a_capture():
 def test_graph_step_never_needs_tensor_values_on_the_host(pruning, cls_only, padded):
     """A CUDA graph cannot capture a host read-back or a data-dependent shape: what it
     runs (GRU, heads, matching, loss, gradients) issues none of those operators."""
-    module = make_module()
-    module.criterion = SaladCriterion(pruning=pruning)
+    module = make_module(pruning=pruning)
     batch = make_batch(3, 30, 4, seed=5, padded=padded)
-    graphs = StepGraphs(list(module.parameters()), module._graph_forward, time_bucket=16)
+    graphs = StepGraphs(list(module.parameters()), graph_body(module), time_bucket=16)
     static = static_inputs(batch, batch_key(batch, cls_only, 16))
     fill_inputs(static, batch)
     with SyncSpy() as spy:
@@ -249,7 +259,7 @@ def fit(module, batches, epochs, **kw):
 
 def _batches():
     return [
-        {k: v for k, v in make_batch(3, 24, n, seed, padded=padded).items() if k != "lengths_cpu"}
+        make_batch(3, 24, n, seed, padded=padded)
         for n, seed, padded in ((3, 10, False), (6, 11, True), (2, 12, False), (9, 13, False))
     ]
 
@@ -265,7 +275,7 @@ def test_manual_optimisation_trains_like_the_automatic_loop():
     t_auto = fit(auto, _batches(), epochs=3)
     with pytest.warns(UserWarning, match="cuda_graph=true: every training step runs eagerly"):
         t_manual = fit(manual, _batches(), epochs=3)
-    assert manual.step_graphs is None
+    assert manual.training_step_strategy.graphs is None
     assert t_manual.global_step == t_auto.global_step == 12
     lrs = [t.optimizers[0].param_groups[0]["lr"] for t in (t_auto, t_manual)]
     assert lrs[0] == lrs[1] == pytest.approx(1e-2 * 0.5**3)
@@ -279,10 +289,11 @@ def test_graphs_are_neither_copied_nor_pickled():
     import pickle
 
     module = make_module(cuda_graph=True)
-    module.step_graphs = StepGraphs(list(module.parameters()), module._graph_forward)
-    assert copy.deepcopy(module).step_graphs is None
-    assert pickle.loads(pickle.dumps(module.step_graphs)) is None
-    assert module.step_graphs is not None
+    strategy = module.training_step_strategy
+    strategy.graphs = StepGraphs(list(module.parameters()), graph_body(module))
+    assert copy.deepcopy(module).training_step_strategy.graphs is None
+    assert pickle.loads(pickle.dumps(strategy.graphs)) is None
+    assert strategy.graphs is not None
 
 
 def test_a_full_graph_cache_sends_new_shapes_to_eager_steps_with_one_warning():
@@ -327,11 +338,98 @@ def test_replayed_graphs_train_like_eager_steps_on_the_device():
         fit(eager, _batches(), epochs=3, accelerator="gpu")
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    sg = graphed.step_graphs
+    sg = graphed.training_step_strategy.graphs
     # 12 steps: 1 warm-up, 11 replays over 6 graphs (3 shapes x cls_only)
     assert sg.replays == 11 and len(sg.graphs) == 6
     assert {k[1] for k in sg.graphs} == {24, 32}
-    assert eager.step_graphs.replays == 0
+    assert eager.training_step_strategy.graphs.replays == 0
     for (name, pg), pe in zip(graphed.named_parameters(), eager.parameters()):
         torch.testing.assert_close(pg, pe, rtol=1e-5, atol=1e-6, msg=name)
         assert not torch.equal(pg.cpu(), before[name].cpu()), name
+
+
+def _all_reduce_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from salad_lightning.training.graphs import all_reduce_gradients
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(rank)
+        grads = [torch.randn(s, generator=g) for s in ((3, 5), (7,), (2, 2, 2), (11,))]
+        before = [x.clone() for x in grads]
+        all_reduce_gradients(grads, bucket_bytes=40)  # 10 floats: four buckets
+        torch.save({"before": before, "after": grads}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_all_reduce_gradients_averages_in_buckets(tmp_path):
+    """Under DDP the graph strategy averages the replayed gradients itself (DDP's reducer
+    never sees a replay): bucketed, every rank ends with the mean of the ranks' values."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "grads")
+    mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+    results = [torch.load(f"{out}.{r}") for r in range(2)]
+    for i in range(4):
+        mean = (results[0]["before"][i] + results[1]["before"][i]) / 2
+        for r in range(2):
+            assert torch.equal(results[r]["after"][i], mean), (i, r)
+
+
+def _ddp_graph_worker(rank: int, world: int, init_file: str, out: str, graphed: bool) -> None:
+    """One of two processes sharing one CUDA device (gloo): the graph strategy's steps
+    (replays, then all_reduce_gradients) or eager steps with every gradient averaged
+    across the processes, over the same batches."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        module = make_module(cls_pretrain_epochs=0).cuda()
+        params = list(module.parameters())
+        opt = torch.optim.Adam(params, lr=1e-2)
+        batches = [b.to("cuda") for b in _batches()[rank::2] * 3]
+        if graphed:
+            from salad_lightning.training.graphs import all_reduce_gradients
+
+            body = graph_body(module)
+            graphs = StepGraphs(params, body, warmup_steps=1, time_bucket=32)
+            for batch in batches:
+                graphs.step(batch, graphs.key(batch, False))
+                all_reduce_gradients(graphs.grads)
+                opt.step()
+            assert graphs.replays == len(batches) - 1
+        else:  # eager steps, each gradient averaged on its own: the definition DDP follows
+            for batch in batches:
+                opt.zero_grad()
+                logs = module.training_step_strategy.eager_logs(module, batch, False)
+                logs["train/loss"].backward()
+                for p in params:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+                opt.step()
+        torch.save({k: v.cpu() for k, v in module.state_dict().items()}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@cuda
+@pytest.mark.ddp
+def test_graphs_under_ddp_train_like_eager_ddp_on_the_device(tmp_path):
+    """Two gloo processes on one CUDA device: replayed graphs plus the bucketed average end
+    with the weights of eager steps whose gradients are averaged one by one."""
+    import torch.multiprocessing as mp
+
+    states = {}
+    for graphed in (True, False):
+        out = str(tmp_path / f"w{graphed}")
+        init = str(tmp_path / f"init{graphed}")
+        mp.spawn(_ddp_graph_worker, args=(2, init, out, graphed), nprocs=2, join=True)
+        states[graphed] = [torch.load(f"{out}.{r}") for r in range(2)]
+    for name, ref in states[False][0].items():
+        for r in range(2):
+            torch.testing.assert_close(states[True][r][name], ref, rtol=1e-5, atol=1e-6, msg=name)
+            assert torch.equal(states[False][r][name], ref), name  # ranks agree

@@ -135,7 +135,7 @@ def test_ddp_cpu_predict_writes_every_video(tmp_path):
     res = run_cli([*base, "trainer.max_epochs=1", "test_after_training=false"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = next((tmp_path / "logs" / "runs").glob("*/checkpoints/last.ckpt"))
-    features = tmp_path / "cache" / "synthetic_seed0" / "features"
+    features = tmp_path / "cache" / "synthetic_tiny_seed0" / "features"
     dest = tmp_path / "pred.json"
     res = run_cli(
         [

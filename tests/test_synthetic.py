@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from salad_lightning.data import synthetic
+from salad_lightning.data import statistics, synthetic
+from salad_lightning.data.statistics import dataset_statistics
 from salad_lightning.data.synthetic import (
     FeatureModel,
     SyntheticConfig,
     class_patterns,
-    dataset_statistics,
     ensure_synthetic_dataset,
     num_clips,
     synthesize_features,
@@ -113,6 +113,34 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, mon
     monkeypatch.setattr(synthetic, "synthesize_features", real)
     root = ensure_synthetic_dataset(tmp_path / "ds", **SMALL)
     assert len(list((root / "features").glob("*.npy"))) == 9
+
+
+def test_a_killed_generation_leaves_no_folder_behind(tmp_path):
+    """SIGKILL skips every cleanup: the next generation removes the dead build's folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "from salad_lightning.data import synthetic\n"
+        "real = synthetic.synthesize_features\n"
+        "def die(**kw):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "synthetic.synthesize_features = die\n"
+        f"synthetic.ensure_synthetic_dataset({str(tmp_path / 'ds')!r}, num_train_videos=2)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".ds.tmp-")  # what a kill leaves
+    root = ensure_synthetic_dataset(tmp_path / "ds", **SMALL)
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+    # the folder has the permissions a plain mkdir gives under this umask
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (root.stat().st_mode & 0o777) == 0o777 & ~umask
 
 
 def test_refuses_to_overwrite_a_folder_it_did_not_write(tmp_path):
@@ -242,7 +270,7 @@ def test_cli_prints_statistics(tmp_path, capsys, thumos_json):
     out = capsys.readouterr().out
     assert "instances_per_video" in out and "coverage_mean" in out
     assert json.loads((tmp_path / "ds" / "params.json").read_text())["seed"] == 1
-    synthetic.main(["--annotations", str(thumos_json)])
+    statistics.main([str(thumos_json)])
     assert "videos               412" in capsys.readouterr().out
 
 

@@ -427,7 +427,7 @@ def main() -> None:
                 module, datamodule=make_dm(args, ann, 4, max_seq_len=crop)
             )
             ep = timer.epoch_times[-1]
-            sg = module.step_graphs
+            sg = getattr(module.training_step_strategy, "graphs", None)
             if sg is not None:
                 steps = 2 * timer.steps_per_epoch
                 print(

@@ -3,7 +3,7 @@
     python -m salad_lightning.evaluate --ground-truth GT.json --predictions PRED.json \
         [--subset NAME] [--tiou 0.3 0.4 0.5 0.6 0.7] [--json] [--ignore-unknown-labels]
 
-Reads the official formats (SPEC §1): ground truth ``{"database": {video_id:
+Reads the official formats (docs/method.md §1): ground truth ``{"database": {video_id:
 {"subset", "annotations": [{"label", "segment"}]}}, "taxonomy"?}``, predictions
 ``{"results": {video_id: [{"label", "score", "segment"}]}}``, and runs the official
 ActivityNet protocol (`salad_lightning.metrics.functional`). Differences from the
@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from salad_lightning.data.annotations import load_annotations
 from salad_lightning.metrics.functional import evaluate_detections, video_key
 
 __all__ = ["DEFAULT_TIOU", "InputError", "evaluate_files", "format_table", "main"]
@@ -77,14 +78,13 @@ def _segment(path: str, where: str, item: Any) -> tuple[float, float]:
     return start, end
 
 
-def _choose_subset(path: str, database: dict[str, Any], subset: str | None) -> set[str | None]:
-    names = {v.get("subset") if isinstance(v, dict) else None for v in database.values()}
-    listed = ", ".join(sorted(repr(n) for n in names))
+def _choose_subset(path: str, subsets: set[str], subset: str | None) -> set[str]:
+    listed = ", ".join(sorted(repr(n) for n in subsets))
     if subset is None:
-        if len(names) > 1:
+        if len(subsets) > 1:
             raise InputError(f"{path}: several subsets ({listed}); choose one with --subset")
-        return names
-    chosen = {n for n in names if isinstance(n, str) and n.lower() == subset.lower()}
+        return subsets
+    chosen = {n for n in subsets if n.lower() == subset.lower()}
     if not chosen:
         raise InputError(
             f"{path}: no subset named {subset!r} (case-insensitive); subsets: {listed}"
@@ -93,34 +93,28 @@ def _choose_subset(path: str, database: dict[str, Any], subset: str | None) -> s
 
 
 def _ground_truth(path: str, subset: str | None):
-    data = _load(path, "database")
-    database = data["database"]
-    chosen = _choose_subset(path, database, subset)
-    known: set[str] = set()
-    for node in data.get("taxonomy") or []:
-        if isinstance(node, dict) and isinstance(node.get("nodeName"), str):
-            known.add(node["nodeName"])
-    videos, rows = [], []
-    for vid, info in database.items():
-        annotations = info.get("annotations", []) if isinstance(info, dict) else None
-        if not isinstance(annotations, list):
-            raise InputError(f'{path}: video {vid!r}: "annotations" must be a list')
-        in_subset = info.get("subset") in chosen
-        if in_subset:
-            videos.append(vid)
-        for j, ann in enumerate(annotations):
-            label = ann.get("label") if isinstance(ann, dict) else None
-            if not isinstance(label, str):
-                raise InputError(f'{path}: video {vid!r}, annotation {j}: "label" must be a string')
-            known.add(label)
-            if in_subset:
-                rows.append((vid, label, *_segment(path, f"video {vid!r}, annotation {j}", ann)))
+    """(videos of the subset, rows (video, label, start, end) as published, the classes
+    with ground truth there, every name the file knows), through the data layer's reader."""
+    try:
+        annotations = load_annotations(path, classes="names", require_duration=False)
+    except FileNotFoundError as err:
+        raise InputError(f"{path}: cannot read: no such file") from err
+    except (ValueError, OSError) as err:
+        raise InputError(str(err)) from err
+    chosen = _choose_subset(path, set(annotations.subsets()), subset)
+    names = annotations.class_index.names
+    videos = [v for v in annotations.videos.values() if v.subset in chosen]
+    rows = [
+        (v.video_id, names[label], float(seg[0]), float(seg[1]))
+        for v in videos
+        for seg, label in zip(v.raw_segments, v.raw_labels)
+    ]
     classes = sorted({r[1] for r in rows})
     if not classes:
         raise InputError(
             f"{path}: no ground-truth annotation in subset(s) {sorted(map(str, chosen))}"
         )
-    return videos, rows, classes, known
+    return [v.video_id for v in videos], rows, classes, set(names)
 
 
 def _bad_prediction(path: str, results: dict[str, Any], video_index: dict[str, int]) -> InputError:

@@ -22,6 +22,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from salad_lightning import reporting
 from salad_lightning.data.report import format_report
+from salad_lightning.losses import frozen
 from salad_lightning.utils.distributed import gather_videos
 from salad_lightning.utils.instantiate import build, build_list
 from salad_lightning.utils.io import atomic_write_json, atomic_write_text
@@ -89,43 +90,24 @@ def _preflight(datamodule: Any, stages: list[str], out_dir: Path) -> dict[str, A
     return report
 
 
-def _check_manual_optimisation(model: Any, trainer: pl.Trainer) -> None:
-    """``model.cuda_graph`` trains with manual optimisation, which takes neither
-    Lightning's gradient clipping nor its gradient accumulation: say so by key."""
-    if getattr(model, "automatic_optimization", True):
-        return
-    if trainer.gradient_clip_val:  # None and 0 mean off
-        _refuse_with_cuda_graph("trainer.gradient_clip_val", trainer.gradient_clip_val, "null")
-    if trainer.accumulate_grad_batches != 1:
-        _refuse_with_cuda_graph(
-            "trainer.accumulate_grad_batches", trainer.accumulate_grad_batches, "1"
-        )
-
-
-def _refuse_with_cuda_graph(key: str, value: Any, off: str) -> None:
-    raise ValueError(
-        f"model.cuda_graph=true trains with manual optimisation, which does not support "
-        f"{key} (found {value}); set {key}={off} or model.cuda_graph=false"
-    )
-
-
 def _finish_test(model: Any, trainer: pl.Trainer, loggers: list[Any], out_dir: Path, cfg) -> dict:
     """Write results.json, tables and plots of the test epoch; print the table."""
+    evaluation = model.evaluation
     names = model.class_names or []
-    summary = reporting.summarise(model.last_eval, names)
+    summary = reporting.summarise(evaluation, names)
     if trainer.is_global_zero:
         atomic_write_json(
-            out_dir / "results.json", reporting.results_json(model.test_outputs, names)
+            out_dir / "results.json", reporting.results_json(evaluation.detections, names)
         )
         atomic_write_text(out_dir / "per_class_ap.md", reporting.per_class_markdown(summary))
         images = reporting.write_plots(
-            model.test_outputs,
+            evaluation.detections,
             names,
-            model.last_eval.get("confidences"),
-            model.last_eval.get("correct"),
+            evaluation.confidences,
+            evaluation.correct,
             out_dir / "plots",
             num_timelines=int(cfg.get("num_timeline_plots", 4)),
-            n_bins=int(model.last_eval.get("n_bins", 15)),
+            n_bins=evaluation.n_bins,
         )
         log_images(loggers, images)
         print(reporting.map_table(summary))
@@ -135,7 +117,7 @@ def _finish_test(model: Any, trainer: pl.Trainer, loggers: list[Any], out_dir: P
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit on the training split, then test the last checkpoint. Returns the test metrics."""
     with _session(cfg) as (datamodule, model, trainer, loggers, out_dir):
-        _check_manual_optimisation(model, trainer)
+        model.check_trainer(trainer)
         testing = cfg.get("test_after_training", True) and datamodule.hparams.test_subset
         _preflight(datamodule, ["fit", "test"] if testing else ["fit"], out_dir)
         atomic_write_json(
@@ -210,40 +192,21 @@ def predict(cfg: DictConfig) -> Path:
 
 
 def export_alpha(cfg: DictConfig) -> Path:
-    """Write the alpha of Algorithm 1 on every training video (for ``pruning=frozen``).
-
-    SALAD's own pruning (Algorithm 1 with the checkpoint's scores and segments, at the
-    run's µ) on whole videos, on the CPU.
-    """
-    from salad_lightning.losses.matching import greedy_match
-    from salad_lightning.utils.frozen import save_frozen_alpha
-
+    """Write the alpha of Algorithm 1 on every training video (for ``pruning=frozen``):
+    SALAD's own pruning, with the checkpoint's scores and segments, at the µ it was
+    trained with, on whole videos, on the CPU."""
     ckpt = _require_ckpt(cfg, "export_alpha")
     datamodule, model, out_dir = _prepare(cfg)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     model.load_state_dict(state["state_dict"])
-    # the µ the checkpoint was trained with (older checkpoints: the config's)
-    mu = float(state.get("matching", {}).get("mu", model.criterion.mu))
+    mu = float(state.get("matching", {}).get("mu", model.criterion.mu))  # older: the config's
     model.eval()
     datamodule.setup("fit")
-    alphas = {}
-    with torch.no_grad():
-        for batch in datamodule.full_train_dataloader():
-            out, segments = model._segments(batch)
-            match = greedy_match(
-                segments,
-                torch.sigmoid(out.score_logits),
-                batch["gt_segments"],
-                batch["gt_mask"],
-                batch["frame_mask"],
-                mu,
-            )
-            for i, meta in enumerate(batch["meta"]):
-                n = int(batch["gt_mask"][i].sum())
-                t = int(batch["lengths"][i])
-                alphas[meta["video_id"]] = match.alpha[i, :t, :n].cpu().numpy()
+    alphas = frozen.export_alpha(
+        model.net, datamodule.full_train_dataloader(), max_offset=model.max_offset, mu=mu
+    )
     path = Path(cfg.get("alpha_output") or out_dir / "frozen_alpha.npz")
-    save_frozen_alpha(path, alphas)
+    frozen.save_frozen_alpha(path, alphas)
     print(f"wrote alpha of {len(alphas)} videos to {path}")
     return path
 

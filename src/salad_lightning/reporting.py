@@ -10,44 +10,26 @@ from typing import Any
 import numpy as np
 
 from salad_lightning.metrics.calibration import reliability_diagram_data
+from salad_lightning.metrics.evaluation import Evaluation
 
 
-def _num(v: Any) -> float:
-    return float(v.item()) if hasattr(v, "item") else float(v)
-
-
-def summarise(last_eval: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
-    """Flatten the metric's output into JSON: mAP per threshold, average, per-class AP, ECE."""
-    values = last_eval.get("values") or {}
-    split = last_eval.get("split", "test")
-    thresholds = [k.split("@", 1)[1] for k in values if k.startswith("mAP@")]
-    per_class = values.get("per_class_ap")
-    table: dict[str, list[float]] = {}
-    absent: list[str] = []
-    if per_class is not None:
-        arr = np.asarray(per_class.cpu() if hasattr(per_class, "cpu") else per_class, dtype=float)
-        present = values.get("classes_present")
-        idx = np.asarray(present.cpu() if hasattr(present, "cpu") else present, dtype=int)
-        for row, c in zip(arr, idx):
-            table[_class_name(class_names, c)] = [float(x) for x in row]
-        absent = [_class_name(class_names, c) for c in range(len(class_names)) if c not in set(idx)]
-    summary: dict[str, Any] = {
-        "split": split,
-        "tiou_thresholds": [float(t) for t in thresholds],
-        **{f"{split}/mAP@{t}": _num(values[f"mAP@{t}"]) for t in thresholds},
+def summarise(evaluation: Evaluation, class_names: Sequence[str | None]) -> dict[str, Any]:
+    """The evaluation as JSON (``metrics.json``): mAP per threshold, average, ECE, per-class
+    AP, and the classes with no ground truth in the split (no AP, left out of the mAP,
+    as the official evaluator does)."""
+    present = evaluation.classes_present.tolist()
+    table = {
+        _class_name(class_names, c): [float(x) for x in row]
+        for row, c in zip(evaluation.per_class_ap, present)
     }
-    if "mAP" in values:
-        summary[f"{split}/mAP"] = _num(values["mAP"])
-    conf, correct = last_eval.get("confidences"), last_eval.get("correct")
-    if conf is not None and len(conf):
-        from salad_lightning.metrics.calibration import expected_calibration_error
-
-        n_bins = int(last_eval.get("n_bins", 15))
-        summary[f"{split}/ece"] = float(expected_calibration_error(conf, correct, n_bins=n_bins))
-    summary["per_class_ap"] = table
-    # classes with no ground truth in the split: no AP, left out of the mAP (official)
-    summary["classes_without_ground_truth"] = [n for n in absent if n is not None]
-    return summary
+    absent = [_class_name(class_names, c) for c in range(len(class_names)) if c not in present]
+    return {
+        "split": evaluation.split,
+        "tiou_thresholds": list(evaluation.tiou_thresholds),
+        **evaluation.logs(),
+        "per_class_ap": table,
+        "classes_without_ground_truth": [n for n in absent if n is not None],
+    }
 
 
 def _class_name(class_names: Sequence[str | None], c: int) -> str | None:
@@ -90,7 +72,7 @@ def per_class_markdown(summary: dict[str, Any]) -> str:
 
 
 def results_json(outputs: Sequence[dict[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
-    """ActivityNet submission format (SPEC §1), readable by the official evaluator."""
+    """ActivityNet submission format (docs/method.md §1), readable by the official evaluator."""
     results: dict[str, list[dict[str, Any]]] = {}
     for out in outputs:
         segs = np.asarray(out["segments"], dtype=float).reshape(-1, 2)

@@ -18,6 +18,7 @@ _EXPORTS = {
     "TimeMapping": "mapping",
     "index_to_seconds": "mapping",
     "FeatureSource": "features",
+    "Batch": "batch",
     "TADDataset": "dataset",
     "collate_videos": "dataset",
     "BucketBatchSampler": "sampler",

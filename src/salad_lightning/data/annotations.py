@@ -257,6 +257,21 @@ def class_index_from_file(
     return index, source
 
 
+def _all_names(path: str, data: dict[str, Any]) -> list[str]:
+    names = {
+        str(n["nodeName"])
+        for n in data.get("taxonomy") or []
+        if isinstance(n, dict) and "nodeName" in n
+    }
+    for vid, a in _annotations(path, data["database"]):
+        if not isinstance(a, dict) or not isinstance(a.get("label"), str):
+            raise ValueError(
+                f"{path}: video {vid}: every annotation needs a 'label' string, found {a}"
+            )
+        names.add(a["label"])
+    return sorted(names)
+
+
 def _segment_repair(start: float, end: float, duration: float) -> str | None:
     """The reason (a key of REPAIR_REASONS) when training cannot take ``[start, end]``."""
     if end == start:
@@ -275,13 +290,13 @@ def _segment_repair(start: float, end: float, duration: float) -> str | None:
 
 
 def _parse_video(
-    path: str, vid: str, raw: dict[str, Any], index: dict[str, int]
+    path: str, vid: str, raw: dict[str, Any], index: dict[str, int], require_duration: bool
 ) -> tuple[VideoRecord, list[Repair]]:
-    for key in ("subset", "duration"):
+    for key in ("subset", "duration") if require_duration else ("subset",):
         if key not in raw:
             raise ValueError(f"{path}: video {vid}: missing key {key!r}")
-    duration = float(raw["duration"])
-    if not np.isfinite(duration) or duration <= 0:
+    duration = float(raw.get("duration", np.nan))
+    if require_duration and (not np.isfinite(duration) or duration <= 0):
         raise ValueError(f"{path}: video {vid}: duration must be > 0, found {raw['duration']}")
     fps = raw.get("fps")
     fps = None if fps is None else float(fps)
@@ -300,7 +315,7 @@ def _parse_video(
                 f"{path}: video {vid}: annotation {j}: expected 'label' and "
                 f"'segment': [start, end] (finite seconds), found {ann}"
             ) from None
-        if str(name) not in index:
+        if not isinstance(name, str) or name not in index:
             raise ValueError(
                 f"{path}: video {vid}: annotation {j}: label {name!r} is not in the class "
                 f"index ({len(index)} named classes: {_first(sorted(index))})"
@@ -336,12 +351,18 @@ def load_annotations(
     *,
     class_index: ClassIndex | None = None,
     num_classes: int | None = None,
+    classes: str = "file",
+    require_duration: bool = True,
 ) -> AnnotationSet:
     """Read an annotation file as published (``.json`` or ``.json.gz``).
 
     The class index is ``class_index`` when given (a label absent from it is an error
     naming the label, the video and the file), else :func:`class_index_from_file`
-    with ``num_classes``. Repairs of the training targets are listed in ``repairs``.
+    with ``num_classes`` (``classes="file"``), or with ``classes="names"`` every name
+    the file uses, as a label or a taxonomy node, sorted: what the evaluator needs, which
+    asks nothing of ``label_id``. Repairs of the training targets are listed in
+    ``repairs``; without ``require_duration`` a video may lack its duration (the
+    evaluator does not need it; no segment is then found outside the video).
     """
     path = str(path)
     if not Path(path).is_file():
@@ -353,7 +374,9 @@ def load_annotations(
     if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
         raise ValueError(f"{path}: expected an object with a 'database' of videos")
     source = "given"
-    if class_index is None:
+    if class_index is None and classes == "names":
+        class_index, source = ClassIndex(tuple(_all_names(path, data))), "names"
+    elif class_index is None:
         class_index, source = class_index_from_file(path, data, num_classes)
     index = class_index.name_to_id
     videos: dict[str, VideoRecord] = {}
@@ -361,7 +384,7 @@ def load_annotations(
     for vid, raw in data["database"].items():
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: video {vid}: expected an object, found {type(raw).__name__}")
-        record, fixed = _parse_video(path, vid, raw, index)
+        record, fixed = _parse_video(path, vid, raw, index, require_duration)
         videos[record.video_id] = record
         repairs += fixed
     version = data.get("version")

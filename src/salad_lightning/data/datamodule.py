@@ -179,7 +179,7 @@ class SaladDataModule(pl.LightningDataModule):
 
     @property
     def max_offset(self) -> int:
-        """Longest training ground truth in feature steps, rounded up (SPEC §2 default W)."""
+        """Longest training ground truth in feature steps, rounded up (docs/method.md §2 default W)."""
         train, _ = self._train_val_records()
         return max_gt_steps(train, [video_mapping(v, **self._mapping_kwargs()) for v in train])
 

@@ -9,7 +9,7 @@ A sample is a dict:
 - ``meta``: ``video_id``, ``duration``, ``fps``, ``crop_start``, ``gt_index`` and the
   whole video's ``gt_segments_sec`` / ``gt_labels`` (numpy).
 
-:func:`collate_videos` turns a list of samples into the batch of docs/design.md.
+:func:`collate_videos` turns a list of samples into a :class:`Batch`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from salad_lightning.data.annotations import DataWarning, VideoRecord, _first
+from salad_lightning.data.batch import Batch
 from salad_lightning.data.features import (
     FeatureSource,
     check_finite,
@@ -62,7 +63,7 @@ def video_mapping(
     downsample: int = 1,
     resize_to: int | None = None,
 ) -> TimeMapping:
-    """The whole video's seconds <-> index mapping (clip or resized features, SPEC §1)."""
+    """The whole video's seconds <-> index mapping (clip or resized features, docs/method.md §1)."""
     if resize_to is not None:
         return TimeMapping.from_resize(length=resize_to, duration=video.duration)
     return TimeMapping.from_clip(
@@ -75,7 +76,7 @@ def video_mapping(
 
 
 def max_gt_steps(videos: Sequence[VideoRecord], mappings: Sequence[TimeMapping]) -> int:
-    """The longest ground truth in feature steps, rounded up (at least 1): SPEC §2's W."""
+    """The longest ground truth in feature steps, rounded up (at least 1): docs/method.md §2's W."""
     longest = 0.0
     for video, mapping in zip(videos, mappings):
         if video.num_segments:
@@ -225,10 +226,6 @@ class TADDataset(Dataset):
             return [min(n, self.max_seq_len) for n in self.lengths]
         return list(self.lengths)
 
-    def max_gt_steps(self) -> int:
-        """The longest ground truth, in feature steps, rounded up (SPEC §2's default W)."""
-        return max_gt_steps(self.videos, self.mappings)
-
     def _read(
         self, video: VideoRecord, training: bool, epoch: int | None = None, index: int = 0
     ) -> tuple[np.ndarray, int, int, int]:
@@ -299,8 +296,8 @@ class TADDataset(Dataset):
         }
 
 
-def collate_videos(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Pad a list of samples into the batch of docs/design.md."""
+def collate_videos(samples: Sequence[dict[str, Any]]) -> Batch:
+    """Pad a list of samples into a :class:`~salad_lightning.data.batch.Batch`."""
     if not samples:
         raise ValueError("collate_videos: empty batch")
     b = len(samples)
@@ -324,15 +321,16 @@ def collate_videos(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         gt_mask[j, :n] = True
     frame_mask = torch.arange(t_max).unsqueeze(0) < lengths.unsqueeze(1)
     maps = [s["mapping"] for s in samples]
-    return {
-        "features": features,
-        "frame_mask": frame_mask,
-        "lengths": lengths,
-        "gt_segments": gt_segments,
-        "gt_labels": gt_labels,
-        "gt_mask": gt_mask,
-        "scale": torch.tensor([m.scale for m in maps], dtype=torch.float64),
-        "offset": torch.tensor([m.offset for m in maps], dtype=torch.float64),
-        "duration": torch.tensor([m.duration for m in maps], dtype=torch.float64),
-        "meta": [s["meta"] for s in samples],
-    }
+    return Batch(
+        features=features,
+        frame_mask=frame_mask,
+        lengths=lengths,
+        gt_segments=gt_segments,
+        gt_labels=gt_labels,
+        gt_mask=gt_mask,
+        scale=torch.tensor([m.scale for m in maps], dtype=torch.float64),
+        offset=torch.tensor([m.offset for m in maps], dtype=torch.float64),
+        duration=torch.tensor([m.duration for m in maps], dtype=torch.float64),
+        meta=[s["meta"] for s in samples],
+        lengths_host=lengths.clone(),
+    )

@@ -1,4 +1,4 @@
-"""Reading one video's features from disk, and the two resamplings (SPEC §1).
+"""Reading one video's features from disk, and the two resamplings (docs/method.md §1).
 
 Layout: one file per video, ``{feature_dir}/{prefix}{video_id}{ext}``, a (T, C) array:
 

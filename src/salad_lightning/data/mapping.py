@@ -1,4 +1,4 @@
-"""Seconds <-> feature-index units, in one place (SPEC §1).
+"""Seconds <-> feature-index units, in one place (docs/method.md §1).
 
 Every mapping the project uses is affine: ``t_sec = index * scale + offset``,
 clamped to ``[0, duration]``. The data layer converts ground truth from seconds
@@ -9,7 +9,7 @@ predictions back with :meth:`TimeMapping.to_seconds` (or its vectorised twin
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,9 +59,6 @@ class TimeMapping:
     def shifted(self, start: int) -> TimeMapping:
         """The mapping of a crop whose index 0 is this mapping's index ``start``."""
         return TimeMapping(self.scale, self.offset + start * self.scale, self.duration)
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def index_to_seconds(index, scale, offset, duration):

@@ -3,13 +3,13 @@
 ``ensure_synthetic_dataset(root, **params)`` writes ``{root}/annotations.json``
 (ActivityNet style, THUMOS14 subsets ``Validation`` for training and ``Test``) and
 ``{root}/features/{video_id}.npy`` (T, C) float32 clip features: feature ``i``
-covers frames ``[i*stride, i*stride + window)`` (SPEC §1). Timing follows
+covers frames ``[i*stride, i*stride + window)`` (docs/method.md §1). Timing follows
 THUMOS14's statistics; the features need temporal context (docs/synthetic.md).
 
 ``python -m salad_lightning.data.synthetic --root DIR [--seed S] [--set KEY=VALUE]
 --stats`` generates (when missing or when its parameters differ: defaults plus the
-ones given) and prints the statistics; ``--annotations FILE`` only prints the
-statistics of any ActivityNet-style file (e.g. the real THUMOS14 one).
+ones given) and prints the statistics (:mod:`salad_lightning.data.statistics`, which
+also reads any ActivityNet-style file, e.g. the real THUMOS14 one).
 """
 
 from __future__ import annotations
@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from salad_lightning.utils.io import build_folder_atomically
+
 GENERATOR_VERSION = 1  # bump when the same parameters would give different bytes
-PARAMS_FILE = "params.json"
-MARKER_FILE = ".complete"
 
 
 @dataclass(frozen=True)
@@ -299,55 +297,6 @@ def _write_dataset(tmp: Path, cfg: SyntheticConfig) -> None:
     (tmp / "annotations.json").write_text(json.dumps(doc, indent=1))
 
 
-def generate_atomically(
-    root: str | os.PathLike, params: dict, build: Callable[[Path], None]
-) -> Path:
-    """Make ``root`` hold what ``build(tmp_dir)`` writes for ``params``, unless it already does.
-
-    Building happens in a temporary sibling folder that is renamed into place after
-    ``params.json`` and the completion marker are written, so an interrupted run
-    never leaves a folder that looks complete. An existing ``root`` is replaced only
-    if it is empty or was written by this function (it holds ``params.json``).
-    """
-    root = Path(root)
-    params = {"generator_version": GENERATOR_VERSION, **params}
-    if is_complete(root, params):
-        return root
-    if root.exists() and any(root.iterdir()) and not (root / PARAMS_FILE).exists():
-        raise FileExistsError(
-            f"{root} exists and is not a generated dataset (no {PARAMS_FILE}); "
-            "refusing to overwrite it: choose an empty or new folder"
-        )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        build(tmp)
-        (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=1, sort_keys=True))
-        (tmp / MARKER_FILE).write_text("complete\n")
-        if root.exists():
-            if is_complete(root, params):  # another process finished first
-                return root
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            root.rename(old / "data")
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            tmp.rename(root)
-        except OSError:
-            if not is_complete(root, params):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
-def is_complete(root: Path, params: dict) -> bool:
-    try:
-        found = json.loads((root / PARAMS_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return (root / MARKER_FILE).exists() and found == json.loads(json.dumps(params, sort_keys=True))
-
-
 def ensure_synthetic_dataset(
     root: str | os.PathLike, config: SyntheticConfig | None = None, **params
 ) -> Path:
@@ -370,87 +319,8 @@ def ensure_synthetic_dataset(
         elif isinstance(default, (int, float)):
             params[key] = type(default)(value)
     cfg = SyntheticConfig(**{**base, **params})
-    return generate_atomically(root, asdict(cfg), lambda tmp: _write_dataset(tmp, cfg))
-
-
-def _union_length(segs: list[tuple[float, float]]) -> float:
-    total, cur_s, cur_e = 0.0, None, None
-    for s, e in sorted(segs):
-        if cur_e is None or s > cur_e:
-            total += 0.0 if cur_e is None else cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    return total + (0.0 if cur_e is None else cur_e - cur_s)
-
-
-def dataset_statistics(annotation_file: str | os.PathLike, subset: str | None = None) -> dict:
-    """Timing statistics of an ActivityNet-style annotation file (any dataset).
-
-    ``overlap_share``: share of instances overlapping an instance with another label;
-    ``colabel_share``: share whose exact segment also carries another label.
-    """
-    from salad_lightning.data.annotations import read_json
-
-    database = read_json(annotation_file)["database"]
-    counts, lengths, coverage, durations, subsets = [], [], [], [], {}
-    overlap = colabel = 0
-    labels: set[str] = set()
-    for video in database.values():
-        if subset is not None and video.get("subset", "").lower() != subset.lower():
-            continue
-        subsets[video.get("subset")] = subsets.get(video.get("subset"), 0) + 1
-        ann, dur = video.get("annotations", []), float(video["duration"])
-        durations.append(dur)
-        counts.append(len(ann))
-        segs = [(float(a["segment"][0]), float(a["segment"][1])) for a in ann]
-        lengths += [e - s for s, e in segs]
-        clipped = [(max(s, 0.0), min(e, dur)) for s, e in segs]
-        coverage.append(_union_length([p for p in clipped if p[1] > p[0]]) / dur)
-        labels |= {a["label"] for a in ann}
-        for i, a in enumerate(ann):
-            others = [b for j, b in enumerate(ann) if j != i and b["label"] != a["label"]]
-            s, e = segs[i]
-            overlap += any(min(e, b["segment"][1]) > max(s, b["segment"][0]) for b in others)
-            colabel += any([float(x) for x in b["segment"]] == [s, e] for b in others)
-    counts, lengths, durations = np.array(counts), np.array(lengths), np.array(durations)
-    n_inst = max(len(lengths), 1)
-
-    def summary(a: np.ndarray) -> dict:
-        a = a if a.size else np.zeros(1)
-        return {"mean": float(a.mean()), "median": float(np.median(a)), "max": float(a.max())}
-
-    return {
-        "videos": int(len(counts)),
-        "subsets": subsets,
-        "instances": int(counts.sum()),
-        "instances_per_video": summary(counts),
-        "instance_seconds": summary(lengths),
-        "duration_seconds": summary(durations),
-        "coverage_mean": float(np.mean(coverage)) if coverage else 0.0,
-        "overlap_share": overlap / n_inst,
-        "colabel_share": colabel / n_inst,
-        "classes": len(labels),
-    }
-
-
-def format_statistics(stats: dict) -> str:
-    lines = [
-        f"videos               {stats['videos']}  {stats['subsets']}",
-        f"instances            {stats['instances']}",
-    ]
-    for key in ("instances_per_video", "instance_seconds", "duration_seconds"):
-        s = stats[key]
-        lines.append(
-            f"{key:<20} mean {s['mean']:.2f}  median {s['median']:.2f}  max {s['max']:.2f}"
-        )
-    lines += [
-        f"coverage_mean        {stats['coverage_mean']:.3f}",
-        f"overlap_share        {stats['overlap_share']:.3f}  (instances overlapping another label)",
-        f"colabel_share        {stats['colabel_share']:.3f}  (same segment, another label)",
-        f"classes              {stats['classes']}",
-    ]
-    return "\n".join(lines)
+    params = {"generator_version": GENERATOR_VERSION, **asdict(cfg)}
+    return build_folder_atomically(root, params, lambda tmp: _write_dataset(tmp, cfg))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -467,21 +337,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="any SyntheticConfig field, e.g. --set num_train_videos=20 (repeatable)",
     )
     parser.add_argument("--stats", action="store_true", help="print the dataset's statistics")
-    parser.add_argument(
-        "--annotations", help="print the statistics of this annotation file instead"
-    )
     parser.add_argument("--subset", help="restrict the statistics to one subset")
     args = parser.parse_args(argv)
-    if args.annotations:
-        print(format_statistics(dataset_statistics(args.annotations, args.subset)))
-        return
     if not args.root:
-        parser.error("give --root DIR (to generate) or --annotations FILE (statistics only)")
+        parser.error(
+            "give --root DIR (python -m salad_lightning.data.statistics FILE reads any file)"
+        )
     params = dict(item.split("=", 1) for item in args.set)
     params = {k: json.loads(v) if v[:1] in "[0123456789-." else v for k, v in params.items()}
     root = ensure_synthetic_dataset(args.root, seed=args.seed, **params)
     print(f"synthetic dataset ready: {root}")
     if args.stats:
+        from salad_lightning.data.statistics import dataset_statistics, format_statistics
+
         print(format_statistics(dataset_statistics(root / "annotations.json", args.subset)))
 
 

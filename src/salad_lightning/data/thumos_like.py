@@ -29,12 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from salad_lightning.data.annotations import class_index_from_file
 from salad_lightning.data.synthetic import (
+    GENERATOR_VERSION,
     FeatureModel,
     class_patterns,
-    generate_atomically,
     synthesize_features,
 )
+from salad_lightning.utils.io import build_folder_atomically
 
 ANNOTATION_PATH = "annotations/thumos14.json"
 # the real THUMOS14 annotation file kept in the repository (data/thumos14/README.md)
@@ -69,14 +71,6 @@ def select_videos(database: dict, fraction: float) -> list[str]:
                 seen |= labels
         keep.update(kept)
     return [vid for vid in database if vid in keep]
-
-
-def class_index(database: dict) -> dict[str, int]:
-    """Label name -> index: from ``label_id`` when every annotation has one, else sorted names."""
-    anns = [a for video in database.values() for a in video.get("annotations", [])]
-    if anns and all("label_id" in a for a in anns):
-        return {a["label"]: int(a["label_id"]) for a in anns}
-    return {name: k for k, name in enumerate(sorted({a["label"] for a in anns}))}
 
 
 def _grouped_segments(annotations: list[dict], index: dict[str, int]):
@@ -126,10 +120,10 @@ def make_thumos_like(
         "feature_model": asdict(model),
     }
     kept = select_videos(database, fraction)
-    index = class_index(database)
+    index = class_index_from_file(annotations, doc)[0].name_to_id
 
     def build(tmp: Path) -> None:
-        patterns = class_patterns(max(index.values()) + 1, feature_dim, seed)
+        patterns = class_patterns(max(index.values()) + 1, feature_dim, seed)  # by label_id
         (tmp / FEATURE_DIR).mkdir()
         for vid in kept:
             video = database[vid]
@@ -150,7 +144,7 @@ def make_thumos_like(
         (tmp / ANNOTATION_PATH).parent.mkdir()
         (tmp / ANNOTATION_PATH).write_text(json.dumps(subset_doc))
 
-    return generate_atomically(out, params, build)
+    return build_folder_atomically(out, {"generator_version": GENERATOR_VERSION, **params}, build)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

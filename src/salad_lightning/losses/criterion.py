@@ -1,4 +1,4 @@
-"""The SALAD loss, Eq. (2)-(4) as SPEC §4 reads them.
+"""The SALAD loss, Eq. (2)-(4) as docs/method.md §4 reads them.
 
 ``L = L_sa + L_r + lambda2 * L_cls`` with
 

@@ -1,4 +1,4 @@
-"""Self-assessment matching: paper Algorithm 1, vectorised (SPEC §3), and its ablations (SPEC §7).
+"""Self-assessment matching: paper Algorithm 1, vectorised (docs/method.md §3), and its ablations (docs/method.md §7).
 
 Algorithm 1 walks the steps by decreasing score and, for every ground truth ``n``
 not yet matched (``beta[n] == 0``) that contains the step, marks the step as a

@@ -1,4 +1,4 @@
-"""The official ActivityNet temporal-detection protocol (SPEC §6) on numpy arrays.
+"""The official ActivityNet temporal-detection protocol (docs/method.md §6) on numpy arrays.
 
 Everything here is numpy only: `python -m salad_lightning.evaluate` imports this
 module and must not pay for importing torch.
@@ -58,7 +58,7 @@ class DetectionEvaluation(NamedTuple):
     """Result of `evaluate_detections`.
 
     ``labels`` are the classes present in the ground truth (ascending); ``ap`` is
-    (C, T) with one row per entry of ``labels``; ``recall`` is (T, len(top_k)).
+    (C, T) with one row per entry of ``labels``.
     """
 
     tiou_thresholds: np.ndarray
@@ -67,8 +67,6 @@ class DetectionEvaluation(NamedTuple):
     mAP: np.ndarray
     average_mAP: float
     num_ground_truths: np.ndarray
-    top_k: tuple[int, ...]
-    recall: np.ndarray
 
 
 def video_key(video_id: str) -> int:
@@ -417,37 +415,22 @@ def evaluate_detections(
     gt_segments,
     gt_labels,
     tiou_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
-    top_k: Sequence[int] = (),
 ) -> DetectionEvaluation:
-    """Per-class AP, mAP per threshold, average mAP and Recall@k (official protocol).
+    """Per-class AP, mAP per threshold and average mAP (official protocol).
 
     Inputs as in `match_predictions`. Classes are those present in ``gt_labels``;
     a prediction of another class is a false positive of a class outside the mean,
-    so it changes nothing. Recall@k is the fraction of all ground truths matched by
-    a prediction ranked in the top k of its video (all classes together, ranked as
-    in the matching). With no ground truth at all, mAP is NaN.
+    so it changes nothing. With no ground truth at all, mAP is NaN.
     """
     pv, p0, p1, pl, pscore = _check_rows(
         "pred", pred_video, pred_segments, pred_labels, pred_scores
     )
     gv, g0, g1, gl = _check_rows("gt", gt_video, gt_segments, gt_labels)
     thr = _check_thresholds(tiou_thresholds)
-    top_k = tuple(int(k) for k in top_k)
-    if any(k < 1 for k in top_k):
-        raise ValueError(f"top_k: expected positive integers, got {list(top_k)}")
     tp_thr, tp_pred, order, labels, p_class = _match(pv, p0, p1, pscore, pl, gv, g0, g1, gl, thr)
     npos = np.bincount(_dense(gl, labels), minlength=len(labels))
     ap = _average_precision(tp_thr, tp_pred, order, p_class, npos, len(thr))
     mean_ap = ap.mean(axis=0) if len(labels) else np.full(len(thr), np.nan)
-
-    recall = np.zeros((len(thr), len(top_k)))
-    if top_k and len(gv):
-        by_video = order[np.argsort(pv[order], kind="stable")]
-        rank_in_video = np.empty(len(pv), dtype=np.int64)
-        rank_in_video[by_video] = np.arange(len(pv)) - _run_starts(pv[by_video])
-        for j, k in enumerate(top_k):
-            hits = rank_in_video[tp_pred] < k
-            recall[:, j] = np.bincount(tp_thr[hits], minlength=len(thr)) / len(gv)
 
     return DetectionEvaluation(
         tiou_thresholds=thr,
@@ -456,6 +439,4 @@ def evaluate_detections(
         mAP=mean_ap,
         average_mAP=float(mean_ap.mean()),
         num_ground_truths=npos,
-        top_k=top_k,
-        recall=recall,
     )

@@ -28,7 +28,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from salad_lightning.metrics.functional import evaluate_detections, video_key
 
-__all__ = ["TemporalActionDetectionMAP"]
+__all__ = ["TemporalActionDetectionMAP", "first_copies", "source_id"]
 
 _SOURCE_BITS = 40  # source id = rank << 40 | running count of videos seen by this process
 _STATES = {
@@ -52,8 +52,32 @@ def _rank() -> int:
     return 0
 
 
+def source_id(seen: int) -> int:
+    """Where a video's update came from: (this process's rank, its running count)."""
+    return (_rank() << _SOURCE_BITS) | seen
+
+
+def first_copies(
+    video_keys: np.ndarray, video_sources: np.ndarray, row_keys: np.ndarray, row_sources: np.ndarray
+) -> np.ndarray:
+    """Mask of the rows that belong to the first copy of their video.
+
+    A video may reach ``update`` more than once (a distributed sampler pads the ranks by
+    repeating videos); every video counts once, with the rows of its smallest source id.
+    """
+    order = np.lexsort((video_sources, video_keys))
+    keys, sources = video_keys[order], video_sources[order]
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    keys, sources = keys[first], sources[first]
+    at = np.minimum(np.searchsorted(keys, row_keys), max(len(keys) - 1, 0))
+    if not len(keys):
+        return np.zeros(len(row_keys), dtype=bool)
+    return row_sources == sources[at]
+
+
 class TemporalActionDetectionMAP(Metric):
-    """mAP at each tIoU threshold and its average, official ActivityNet protocol (SPEC §6).
+    """mAP at each tIoU threshold and its average, official ActivityNet protocol (docs/method.md §6).
 
     Args:
         tiou_thresholds: thresholds in (0, 1]; each gives a key ``mAP@{thr:g}``.
@@ -151,7 +175,6 @@ class TemporalActionDetectionMAP(Metric):
             raise ValueError("update: preds and target must be lists with one dict per video")
         if len(preds) != len(target):
             raise ValueError(f"update: {len(preds)} preds but {len(target)} targets")
-        rank = _rank()
         batch: dict[str, list[Tensor]] = {name: [] for name in _STATES}
         for i, (p, t) in enumerate(zip(preds, target)):
             pr = self._rows(p, ("video_id", "segments", "scores", "labels"), f"preds[{i}]")
@@ -161,7 +184,7 @@ class TemporalActionDetectionMAP(Metric):
                     f"update: preds[{i}] is video {p['video_id']!r} but target[{i}] is {t['video_id']!r}"
                 )
             key = video_key(p["video_id"])
-            source = (rank << _SOURCE_BITS) | self._seen
+            source = source_id(self._seen)
             self._seen += 1
             m, n = len(pr["scores"]), len(gt["labels"])
             batch["video_keys"].append(torch.tensor([key]))
@@ -189,18 +212,10 @@ class TemporalActionDetectionMAP(Metric):
     def compute(self) -> dict[str, Tensor]:
         """mAP per threshold, average mAP and per-class AP (see the class docstring)."""
         s = {name: self._state(name) for name in _STATES}
-        # Each video counts once: keep the rows of its smallest source id.
-        order = np.lexsort((s["video_sources"], s["video_keys"]))
-        keys, sources = s["video_keys"][order], s["video_sources"][order]
-        first = np.ones(len(keys), dtype=bool)
-        first[1:] = keys[1:] != keys[:-1]
-        keys, sources = keys[first], sources[first]
-
-        def kept(prefix: str) -> np.ndarray:
-            at = np.searchsorted(keys, s[f"{prefix}_keys"])
-            return s[f"{prefix}_sources"] == sources[at]
-
-        p, g = kept("pred"), kept("gt")
+        p, g = (
+            first_copies(s["video_keys"], s["video_sources"], s[f"{x}_keys"], s[f"{x}_sources"])
+            for x in ("pred", "gt")
+        )
         result = evaluate_detections(
             s["pred_keys"][p],
             s["pred_segments"].reshape(-1, 2)[p],

@@ -1,4 +1,4 @@
-"""The SALAD network (paper Table 1, SPEC §2): a bidirectional GRU and three heads.
+"""The SALAD network (paper Table 1, docs/method.md §2): a bidirectional GRU and three heads.
 
 Each step's ``2 * hidden_size`` state feeds
 
@@ -20,6 +20,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from salad_lightning.models.postprocess import offsets_to_segments
 
 TEMPORAL_ENCODERS = ("gru", "none")
 
@@ -174,6 +176,14 @@ class SaladNet(nn.Module):
         h = self.hidden_size
         backward = out[b:, :, h:].gather(1, ((steps + shift) % t).unsqueeze(-1).expand(b, t, h))
         return torch.cat([out[:b, :, :h], backward], dim=-1)
+
+    def proposals(
+        self, features: Tensor, lengths: Tensor | None, max_offset: float | Tensor
+    ) -> tuple[SaladOutput, Tensor]:
+        """The outputs and each step's proposal ``[t - a_t W, t + b_t W]`` (B, T, 2) in
+        feature-index units, ``W = max_offset`` (docs/method.md §2)."""
+        out = self(features, lengths)
+        return out, offsets_to_segments(out.offsets, max_offset)
 
     def heads(self, state: Tensor) -> SaladOutput:
         """The three heads on the encoder's state (B, T, 2 * hidden_size)."""

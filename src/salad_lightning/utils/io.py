@@ -1,14 +1,26 @@
-"""Atomic file writes: a result the user produced is never left half written."""
+"""Atomic writes: a result the user produced is never left half written.
+
+- :func:`atomic_writer` / :func:`atomic_write_text` / :func:`atomic_write_json`: one file,
+  written beside its destination and renamed into place (results, reports, checkpoints
+  through ``utils/checkpoint_io.py``, frozen alpha);
+- :func:`build_folder_atomically`: a whole generated folder (the synthetic datasets),
+  built beside its destination and renamed into place, skipped when it is already there
+  with the same parameters.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+PARAMS_FILE = "params.json"
+MARKER_FILE = ".complete"
 
 
 @contextmanager
@@ -18,9 +30,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     # mkstemp makes the file 0600; give it the permissions a plain open() would
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
+    os.fchmod(fd, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
             yield fh
@@ -40,3 +50,83 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_builds(root: Path) -> None:
+    """Temporary folders of builds whose process is gone (a killed run) are removed."""
+    for tmp in root.parent.glob(f".{root.name}.tmp-*"):
+        try:
+            pid = int(tmp.name.split(".tmp-", 1)[1].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_complete(root: Path, params: dict) -> bool:
+    """Whether ``root`` holds a finished build with exactly these parameters."""
+    try:
+        found = json.loads((root / PARAMS_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (root / MARKER_FILE).exists() and found == json.loads(json.dumps(params, sort_keys=True))
+
+
+def build_folder_atomically(
+    root: str | os.PathLike, params: dict, build: Callable[[Path], None]
+) -> Path:
+    """Make ``root`` hold what ``build(tmp_dir)`` writes for ``params``, unless it already does.
+
+    Building happens in a temporary sibling folder (named after this process) that is
+    renamed into place after ``params.json`` and the completion marker are written, so an
+    interrupted build never leaves a folder that looks complete; the next build removes
+    the leftovers of builds whose process is gone. An existing ``root`` is replaced only
+    if it is empty or was written by this function (it holds ``params.json``). The folder
+    gets the permissions a plain ``mkdir`` would give (the umask's).
+    """
+    root = Path(root)
+    if is_complete(root, params):
+        return root
+    if root.exists() and any(root.iterdir()) and not (root / PARAMS_FILE).exists():
+        raise FileExistsError(
+            f"{root} exists and is not a generated dataset (no {PARAMS_FILE}); "
+            "refusing to overwrite it: choose an empty or new folder"
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-{os.getpid()}-", dir=root.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+        build(tmp)
+        (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=1, sort_keys=True))
+        (tmp / MARKER_FILE).write_text("complete\n")
+        if root.exists():
+            if is_complete(root, params):  # another process finished first
+                return root
+            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+            root.rename(old / "data")
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            tmp.rename(root)
+        except OSError:
+            if not is_complete(root, params):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
