@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from salad_lightning import plots, reporting
+from salad_lightning.metrics.diagnosis import PRESETS, diagnose
 
 
 def png_size(path) -> tuple[int, int]:
@@ -112,6 +113,25 @@ def test_timeline_accepts_torch_tensors(tmp_path):
     out = out | {k: torch.as_tensor(out[k]) for k in ("segments", "scores", "labels")}
     plots.plot_timeline(out, ["Jump"], tmp_path / "t.png")
     assert png_size(tmp_path / "t.png")[0] > 400
+
+
+def test_diagnosis_figures_with_empty_bins(tmp_path):
+    # One ground truth: most bins and profile groups are empty (NaN) and must still draw.
+    d = diagnose(
+        pred_video=np.array([0, 0]), pred_segments=np.array([[0.0, 10.0], [50.0, 60.0]]),
+        pred_scores=np.array([0.9, 0.5]), pred_labels=np.array([0, 0]),
+        gt_video=np.array([0]), gt_segments=np.array([[0.0, 10.0]]), gt_labels=np.array([0]),
+        video_duration=np.array([100.0]), **PRESETS["activitynet"],
+    )  # fmt: skip
+    for draw in (
+        plots.plot_false_positive_analysis,
+        plots.plot_sensitivity_analysis,
+        plots.plot_false_negative_analysis,
+    ):
+        path = tmp_path / f"{draw.__name__}.png"
+        draw(d, path)
+        width, height = png_size(path)
+        assert path.stat().st_size > 10_000 and 600 <= width <= 2000 and 250 <= height <= 1000
 
 
 def test_importing_plots_does_not_import_matplotlib_or_torch():

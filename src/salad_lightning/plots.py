@@ -1,4 +1,4 @@
-"""Every figure of the project: run plots (timelines, reliability).
+"""Every figure of the project: run plots (timelines, reliability) and DETAD's diagnosis.
 
 matplotlib with the Agg backend, chosen inside the functions (importing this module
 imports neither matplotlib nor torch), and no LaTeX.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,9 +20,15 @@ from salad_lightning.metrics.calibration import (
 )
 from salad_lightning.metrics.functional import evaluate_detections
 
+if TYPE_CHECKING:
+    from salad_lightning.metrics.diagnosis import Diagnosis
+
 __all__ = [
     "choose_timelines",
+    "plot_false_negative_analysis",
+    "plot_false_positive_analysis",
     "plot_reliability",
+    "plot_sensitivity_analysis",
     "plot_timeline",
     "video_ap",
     "write_plots",
@@ -30,6 +36,11 @@ __all__ = [
 
 TRUE_COLOR, FALSE_COLOR, OTHER_COLOR = "tab:blue", "tab:red", "0.55"
 GT_COLORS = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+TYPE_COLORS = ["#33a02c", "#b2df8a", "#1f78b4", "#fb9a99", "#e31a1c", "#a6cee3"]
+TYPE_NAMES = ["true positive", "double detection", "wrong label", "localization"]
+TYPE_NAMES += ["confusion", "background"]
+CHARACTERISTIC_NAMES = {"length": "length", "coverage": "coverage", "num_instances": "# instances"}
+CHARACTERISTIC_COLORS = {"length": "#f0027f", "coverage": "#386cb0", "num_instances": "#bf5b17"}
 
 
 def _pyplot():
@@ -60,6 +71,15 @@ def _rows(out: dict[str, Any]) -> tuple[np.ndarray, ...]:
         arr(out["gt"]["segments"], float).reshape(-1, 2),
         arr(out["gt"]["labels"], int).reshape(-1),
     )
+
+
+def _thresholds(values: Sequence[float]) -> str:
+    """``0.5`` or ``0.3, 0.5`` or ``0.5:0.05:0.95`` (evenly spaced, more than three)."""
+    t = [float(v) for v in values]
+    steps = np.diff(t)
+    if len(t) > 3 and np.allclose(steps, steps[0]):
+        return f"{t[0]:g}:{steps[0]:.3g}:{t[-1]:g}"
+    return ", ".join(f"{v:g}" for v in t)
 
 
 def _name(class_names: Sequence[str], c: int) -> str:
@@ -240,3 +260,125 @@ def write_plots(
         plot_reliability(confidences, correct, path, n_bins=n_bins)
         images["calibration/reliability"] = path
     return images
+
+
+# --- DETAD's diagnosis ---------------------------------------------------------------
+
+
+def _label_bars(ax, bars, values, fmt: str = "{:.1f}") -> None:
+    for bar, v in zip(bars, values):
+        text = "n/a" if math.isnan(v) else fmt.format(v)
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, 0 if math.isnan(v) else v),
+                    xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                    fontsize=8)  # fmt: skip
+
+
+def _per_bin_bars(ax, diagnosis: Diagnosis, values: dict[str, np.ndarray]) -> None:
+    """One group of bars per characteristic, percent, ticks naming bin and ground truths."""
+    x, ticks, labels = 0, [], []
+    for name, v in values.items():
+        bins = diagnosis.bins[name]
+        xs = np.arange(x, x + len(bins.names))
+        pct = 100 * np.asarray(v, dtype=float)
+        bars = ax.bar(xs, np.nan_to_num(pct), color=CHARACTERISTIC_COLORS[name], width=0.8)
+        _label_bars(ax, bars, pct)
+        counts = diagnosis.ground_truths_per_bin[name]
+        ticks += list(xs)
+        labels += [f"{b}\n{n:,}" for b, n in zip(bins.names, counts)]
+        ax.text(xs.mean(), 1.0, CHARACTERISTIC_NAMES[name], transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=10, weight="bold")  # fmt: skip
+        ax.axvline(xs[-1] + 1, color="0.6", ls=":", lw=1)
+        x = xs[-1] + 2
+    ax.set_xticks(ticks, labels, fontsize=8)
+    ax.set_xlim(-1, x - 1)
+    ax.set_xlabel("bin (XS ... XL) and its number of ground truths")
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def plot_false_positive_analysis(diagnosis: Diagnosis, path: Path) -> None:
+    """False-positive profile over the top 1G ... kG predictions, and each error's impact."""
+    plt = _pyplot()
+    profile = 100 * np.asarray(diagnosis.false_positive_profile, dtype=float)
+    fig, (ax, gain_ax) = plt.subplots(
+        1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [3, 2], "wspace": 0.3}
+    )
+    xs = np.arange(len(profile))
+    bottom = np.zeros(len(profile))
+    for k, name in enumerate(TYPE_NAMES):
+        share = np.nan_to_num(profile[:, k])
+        ax.bar(xs, share, bottom=bottom, color=TYPE_COLORS[k], label=name, width=0.85)
+        bottom += share
+    for x in xs[np.isnan(profile[:, 0])]:
+        ax.text(x, 2, "none", ha="center", fontsize=8, rotation=90)
+    ax.set_xticks(xs, [f"{g + 1}G" for g in xs])
+    ax.set(ylim=(0, 100), ylabel="share of predictions (%)",
+           xlabel="predictions ranked 1..G, G+1..2G, ... per class (G: its ground truths)")  # fmt: skip
+    thresholds = _thresholds(diagnosis.tiou_thresholds)
+    ax.set_title(f"False-positive profile (tIoU {thresholds})", fontsize=11)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.08), ncol=3, fontsize=8, frameon=False)
+    gains = 100 * np.asarray(diagnosis.removed_error_gain, dtype=float)
+    bars = gain_ax.bar(np.arange(len(gains)), gains, color=TYPE_COLORS[1:])
+    _label_bars(gain_ax, bars, gains, "{:.2f}")
+    gain_ax.set_xticks(np.arange(len(gains)), TYPE_NAMES[1:], rotation=25, ha="right",
+                       fontsize=8)  # fmt: skip
+    gain_ax.set_ylabel("average-mAP_N gain (points)")
+    gain_ax.set_ylim(0, max(1.0, float(np.nanmax(gains, initial=0))) * 1.2)
+    gain_ax.set_title(
+        f"Removing each error type (base {100 * diagnosis.average_mAP_N_top:.2f}%)", fontsize=11
+    )
+    for a in (ax, gain_ax):
+        a.spines[["top", "right"]].set_visible(False)
+        a.grid(axis="y", ls=":", lw=0.6)
+        a.set_axisbelow(True)
+    _save(fig, path)
+
+
+def plot_sensitivity_analysis(diagnosis: Diagnosis, path: Path) -> None:
+    """Average-mAP_N per bin of each characteristic, and its spread relative to the whole."""
+    plt = _pyplot()
+    base = 100 * diagnosis.average_mAP_N
+    fig, (ax, rel_ax) = plt.subplots(
+        1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [4, 1.3], "wspace": 0.25}
+    )
+    _per_bin_bars(ax, diagnosis, diagnosis.sensitivity)
+    ax.axhline(base, color="k", ls="--", lw=1)
+    top = np.nanmax([np.nanmax(100 * v, initial=0) for v in diagnosis.sensitivity.values()])
+    ax.set_ylim(0, max(base, top, 1.0) * 1.18)
+    ax.set_ylabel("average-mAP_N (%)")
+    ax.grid(axis="y", ls=":", lw=0.6)
+    names = list(diagnosis.sensitivity)
+    for x, name in enumerate(names):
+        ratio = diagnosis.sensitivity[name] / diagnosis.average_mAP_N
+        if diagnosis.average_mAP_N <= 0 or np.isnan(ratio).all():
+            continue
+        lo, hi = np.nanmin(ratio), np.nanmax(ratio)
+        rel_ax.plot([x, x], [lo, hi], color=CHARACTERISTIC_COLORS[name], lw=6, marker="_",
+                    markersize=18, mew=3)  # fmt: skip
+        for y in (lo, hi):
+            rel_ax.annotate(f"{y:.2f}", (x, y), xytext=(10, -3), textcoords="offset points",
+                            fontsize=8)  # fmt: skip
+    rel_ax.axhline(1.0, color="k", ls="--", lw=1)
+    rel_ax.set_xticks(range(len(names)), [CHARACTERISTIC_NAMES[n] for n in names], fontsize=8)
+    rel_ax.set_xlim(-0.6, len(names) - 0.4)
+    rel_ax.set_ylabel("worst and best bin / all ground truths")
+    rel_ax.grid(ls=":", lw=0.6)
+    thresholds = _thresholds(diagnosis.tiou_thresholds)
+    fig.suptitle(
+        f"Sensitivity (tIoU {thresholds}); dashed: all ground truths, {base:.2f}%",
+        fontsize=11,
+        y=1.04,
+    )
+    _save(fig, path)
+
+
+def plot_false_negative_analysis(diagnosis: Diagnosis, path: Path) -> None:
+    """Share of each bin's ground truths that no prediction finds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    _per_bin_bars(ax, diagnosis, diagnosis.false_negative_rate)
+    ax.set_ylim(0, 112)
+    ax.set_ylabel("false negatives (%)")
+    ax.grid(axis="y", ls=":", lw=0.6)
+    thresholds = _thresholds(diagnosis.tiou_thresholds)
+    fig.suptitle(f"False negatives (tIoU {thresholds})", fontsize=11, y=1.04)
+    _save(fig, path)
