@@ -49,6 +49,14 @@ def test_video_ap_by_hand():
     aps = [plots.video_ap(o) for o in OUTPUTS]
     np.testing.assert_allclose(aps[:5], [0.25, 1.0, 0.0, 0.5, 0.75])
     assert np.isnan(aps[5])
+    # Two classes in one video: class 0 found (AP 1), class 1 missed (0), and a
+    # detection of class 2, absent from the video, changes nothing: mean 1/2.
+    two = video("two", [(0, 10), (20, 30)], [(0, 10, 0.9), (20, 30, 0.8), (40, 50, 0.95)])
+    two["gt"]["labels"] = np.array([0, 1])
+    two["labels"] = np.array([0, 2, 2])
+    assert plots.video_ap(two) == 0.5
+    # All videos in one call, as the chooser does, give the same values.
+    np.testing.assert_array_equal(plots.video_aps([*OUTPUTS, two]), [*aps, 0.5])
 
 
 @pytest.mark.parametrize(

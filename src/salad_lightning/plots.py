@@ -31,6 +31,7 @@ __all__ = [
     "plot_sensitivity_analysis",
     "plot_timeline",
     "video_ap",
+    "video_aps",
     "write_plots",
 ]
 
@@ -89,16 +90,30 @@ def _name(class_names: Sequence[str], c: int) -> str:
 # --- run plots ---------------------------------------------------------------------
 
 
-def video_ap(out: dict[str, Any], tiou: float = 0.5) -> float:
-    """AP of one video at ``tiou``: the mean over the classes of its ground truth (NaN if none)."""
-    segs, scores, labels, gt_segs, gt_labels = _rows(out)
-    if len(gt_labels) == 0:
-        return math.nan
+def video_aps(outputs: Sequence[dict[str, Any]], tiou: float = 0.5) -> np.ndarray:
+    """AP at ``tiou`` of each video: the mean over the classes of its ground truth (NaN if none).
+
+    One call of the evaluator, with each (video, class) pair as a class of its own.
+    """
+    rows = [_rows(o) for o in outputs]
+    if not rows:
+        return np.zeros(0)
+    n_cls = 1 + max(int(max(r[2].max(initial=0), r[4].max(initial=0))) for r in rows)
+    segs, scores, labels, gt_segs, gt_labels = (np.concatenate(x) for x in zip(*rows))
+    pv = np.repeat(np.arange(len(rows)), [len(r[1]) for r in rows])
+    gv = np.repeat(np.arange(len(rows)), [len(r[4]) for r in rows])
     result = evaluate_detections(
-        np.zeros(len(scores), dtype=np.int64), segs, scores, labels,
-        np.zeros(len(gt_labels), dtype=np.int64), gt_segs, gt_labels, [tiou],
-    )  # fmt: skip
-    return float(result.mAP[0])
+        pv, segs, scores, pv * n_cls + labels, gv, gt_segs, gv * n_cls + gt_labels, [tiou]
+    )
+    owner = result.labels // n_cls
+    total = np.bincount(owner, weights=result.ap[:, 0], minlength=len(rows))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / np.bincount(owner, minlength=len(rows))
+
+
+def video_ap(out: dict[str, Any], tiou: float = 0.5) -> float:
+    """AP of one video at ``tiou`` (see `video_aps`)."""
+    return float(video_aps([out], tiou)[0])
 
 
 def choose_timelines(outputs: Sequence[dict[str, Any]], num: int) -> list[tuple[int, str]]:
@@ -107,7 +122,7 @@ def choose_timelines(outputs: Sequence[dict[str, Any]], num: int) -> list[tuple[
     Videos with ground truth, ranked by AP (more ground truths first on ties, then the
     video id); ``num`` of them spread evenly over that ranking (one: the median).
     """
-    aps = [video_ap(o) for o in outputs]
+    aps = video_aps(outputs)
     ranked = sorted(
         (i for i, ap in enumerate(aps) if not math.isnan(ap)),
         key=lambda i: (-aps[i], -len(outputs[i]["gt"]["labels"]), str(outputs[i]["video_id"])),
