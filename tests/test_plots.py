@@ -65,6 +65,7 @@ def test_video_ap_by_hand():
         (3, ["full", "half", "zero"]),  # best, median, worst of 1, .75, .5, .25, 0
         (1, ["half"]),
         (2, ["full", "zero"]),
+        (4, ["full", "half", "quarter", "zero"]),  # evenly spaced: places 0 1 3 4, 1 -> median
         (5, ["full", "three_quarters", "half", "quarter", "zero"]),
         (9, ["full", "three_quarters", "half", "quarter", "zero"]),  # never the video without
     ],

@@ -120,7 +120,8 @@ def choose_timelines(outputs: Sequence[dict[str, Any]], num: int) -> list[tuple[
     """(index, caption) of the videos worth drawing: best, median and worst by `video_ap`.
 
     Videos with ground truth, ranked by AP (more ground truths first on ties, then the
-    video id); ``num`` of them spread evenly over that ranking (one: the median).
+    video id); ``num`` of them spread evenly over that ranking, the median among them
+    from three on (one: the median; two: best and worst).
     """
     aps = video_aps(outputs)
     ranked = sorted(
@@ -132,8 +133,10 @@ def choose_timelines(outputs: Sequence[dict[str, Any]], num: int) -> list[tuple[
         return []
     median = int((n - 1) / 2 + 0.5)
     places = [median] if k == 1 else [int(j * (n - 1) / (k - 1) + 0.5) for j in range(k)]
+    if k >= 3:  # the median always, in place of the evenly spaced pick nearest to it
+        places[min(range(k), key=lambda j: abs(places[j] - median))] = median
     chosen = []
-    for place in dict.fromkeys(places):
+    for place in sorted(set(places)):
         what = {0: "best", n - 1: "worst", median: "median"}.get(place, f"rank {place + 1}")
         chosen.append((ranked[place], f"{what} of {n} videos by AP@0.5"))
     return chosen
