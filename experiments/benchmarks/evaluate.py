@@ -1,6 +1,7 @@
-"""Speed of the evaluator: numpy core vs the loop transcription, and the whole command.
+"""Speed of the evaluator and of DETAD's diagnosis: numpy vs the loop transcriptions.
 
     python experiments/benchmarks/evaluate.py [--scale anet thumos] [--repeat 3] [--no-reference]
+        [--parts evaluate diagnosis]
 
 Two synthetic data sets (fixed seeds), the sizes of the real evaluation splits:
 
@@ -20,6 +21,15 @@ the rest random segments; scores are uniform (distinct). For each scale it print
   interpreter on JSON files written to a temporary folder (best of ``--repeat``),
   and for scale a fresh interpreter that only runs ``json.load`` on the prediction
   file.
+
+And for the diagnosis (``--parts diagnosis``), with DETAD's preset of the data set
+(``anet``: ActivityNet, 0.5:0.05:0.95; ``thumos``: THUMOS14, 0.5):
+
+- `diagnose` on the flat arrays (videos indexed in generation order): the median and
+  the best of ``--repeat`` runs, wall and CPU time;
+- the transcription in ``tests/_literal_diagnosis.py`` (one prediction at a time),
+  timed once, the ratio of its wall time to the median, and the largest difference
+  between the two over every number of the JSON (plus the per-prediction types).
 
 The load average is printed first: on a shared machine every wall time grows with it.
 """
@@ -41,18 +51,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _literal_diagnosis import literal_diagnose  # noqa: E402
 from _reference_eval import reference_evaluate  # noqa: E402
+from salad_lightning.metrics.diagnosis import CHARACTERISTICS, PRESETS, diagnose  # noqa: E402
 from salad_lightning.metrics.functional import evaluate_detections  # noqa: E402
 
 SCALES = {
     "anet": dict(
         videos=4926, classes=200, preds=100, gts=1.5, gt_len=(0.05, 0.6), relative=True,
         duration=(30, 240), thresholds=[round(0.5 + 0.05 * i, 2) for i in range(10)],
-        subset="validation", seed=0,
+        subset="validation", seed=0, preset="activitynet",
     ),
     "thumos": dict(
         videos=212, classes=20, preds=2000, gts=16, gt_len=(1, 20), relative=False,
         duration=(60, 900), thresholds=[0.3, 0.4, 0.5, 0.6, 0.7], subset="test", seed=1,
+        preset="thumos14",
     ),
 }  # fmt: skip
 
@@ -118,7 +131,68 @@ def best_of(repeat, fn):
     return min(walls), min(cpus), out
 
 
-def run_scale(name: str, repeat: int, reference: bool, folder: Path) -> None:
+def median_of(repeat, fn):
+    """(median wall, best wall, median CPU) seconds over ``repeat`` calls, and the last output."""
+    walls, cpus, out = [], [], None
+    for _ in range(repeat):
+        w, c = time.perf_counter(), _cpu()
+        out = fn()
+        walls.append(time.perf_counter() - w)
+        cpus.append(_cpu() - c)
+    return float(np.median(walls)), min(walls), float(np.median(cpus)), out
+
+
+def numbers(tree) -> list:
+    """Every leaf of a JSON tree, in order."""
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in numbers(v)]
+    if isinstance(tree, list):
+        return [x for v in tree for x in numbers(v)]
+    return [tree]
+
+
+def run_diagnosis(name: str, arrays, gt_json, repeat: int, reference: bool) -> None:
+    preset = SCALES[name]["preset"]
+    settings = PRESETS[preset]
+    duration = np.array([v["duration"] for v in gt_json["database"].values()])
+    keys = ["pred_video", "pred_segments", "pred_scores", "pred_labels"]
+    keys += ["gt_video", "gt_segments", "gt_labels"]
+    inputs = dict(zip(keys, arrays), video_duration=duration, **settings)
+    wall, best, cpu, result = median_of(repeat, lambda: diagnose(**inputs))
+    print(
+        f"diagnose ({preset})   wall {wall:7.3f} s   cpu {cpu:7.3f} s   "
+        f"(median of {repeat}; best {best:.3f} s)"
+    )
+    out = result.to_json()
+    gains = ", ".join(f"{k} {100 * v:.2f}" for k, v in out["removed_error_gain"].items())
+    print(
+        f"average-mAP_N {100 * out['average_mAP_N']:.2f}, top-10G "
+        f"{100 * result.average_mAP_N_top:.2f}; gains (points): {gains}"
+    )
+    if not reference:
+        return
+    bins = {
+        name: (list(settings[key].edges), list(settings[key].names))
+        for name, key in zip(CHARACTERISTICS, ["length_bins", "coverage_bins", "instance_bins"])
+    }
+    ref_wall, _, ref_cpu, ref = median_of(
+        1, lambda: literal_diagnose(*arrays, duration, settings["tiou_thresholds"], bins)
+    )
+    types_differ = int((result.prediction_type != np.array(ref.pop("prediction_type"))).sum())
+    theirs = [ref.pop("average_mAP_N_top"), *numbers(ref)]
+    mine = [result.average_mAP_N_top, *numbers(out)]
+    assert len(mine) == len(theirs), (len(mine), len(theirs))
+    nulls_differ = sum((a is None) != (b is None) for a, b in zip(mine, theirs))
+    diff = max(abs(a - b) for a, b in zip(mine, theirs) if a is not None and b is not None)
+    print(f"loop transcription          wall {ref_wall:7.3f} s   cpu {ref_cpu:7.3f} s   (once)")
+    print(
+        f"ratio transcription / numpy wall {ref_wall / wall:7.0f} x   cpu {ref_cpu / cpu:7.0f} x   "
+        f"max |difference| {diff:.1e} over {len(mine)} numbers ({nulls_differ} nulls and "
+        f"{types_differ} prediction types differ)"
+    )
+
+
+def run_scale(name: str, repeat: int, reference: bool, folder: Path, parts: list[str]) -> None:
     cfg = SCALES[name]
     t = time.perf_counter()
     arrays, gt_json, pred_json = synthesize(**cfg)
@@ -127,6 +201,10 @@ def run_scale(name: str, repeat: int, reference: bool, folder: Path) -> None:
         f"== {name}: {cfg['videos']} videos, {cfg['classes']} classes, {len(arrays[0])} predictions, "
         f"{len(arrays[4])} ground truths, {len(thr)} thresholds (generated in {time.perf_counter() - t:.1f} s)"
     )
+    if "diagnosis" in parts:
+        run_diagnosis(name, arrays, gt_json, repeat, reference)
+    if "evaluate" not in parts:
+        return
     wall, cpu, result = best_of(repeat, lambda: evaluate_detections(*arrays, tiou_thresholds=thr))
     print(
         f"core evaluate_detections      wall {wall:7.3f} s   cpu {cpu:7.3f} s   (best of {repeat})"
@@ -177,12 +255,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", nargs="+", choices=sorted(SCALES), default=["anet", "thumos"])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--no-reference", action="store_true", help="skip the slow transcription")
+    parser.add_argument("--no-reference", action="store_true", help="skip the slow transcriptions")
+    parser.add_argument(
+        "--parts", nargs="+", choices=["evaluate", "diagnosis"], default=["evaluate", "diagnosis"]
+    )
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.scale:
-            run_scale(name, args.repeat, not args.no_reference, Path(tmp))
+            run_scale(name, args.repeat, not args.no_reference, Path(tmp), args.parts)
 
 
 if __name__ == "__main__":

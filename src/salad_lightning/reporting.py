@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from salad_lightning.metrics.calibration import reliability_diagram_data
 from salad_lightning.metrics.evaluation import Evaluation
+from salad_lightning.plots import write_plots  # noqa: F401  (moved there; kept importable)
 
 
 def summarise(evaluation: Evaluation, class_names: Sequence[str | None]) -> dict[str, Any]:
@@ -88,94 +87,3 @@ def results_json(outputs: Sequence[dict[str, Any]], class_names: Sequence[str]) 
             if (name := _class_name(class_names, lab)) is not None
         ]
     return {"version": "salad-lightning", "results": results, "external_data": {}}
-
-
-def write_plots(
-    outputs: Sequence[dict[str, Any]],
-    class_names: Sequence[str],
-    confidences: np.ndarray | None,
-    correct: np.ndarray | None,
-    out_dir: Path,
-    *,
-    num_timelines: int = 4,
-    n_bins: int = 15,
-) -> dict[str, Path]:
-    """Detection timelines for a few test videos and the reliability diagram; returns key -> PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    images: dict[str, Path] = {}
-    chosen = sorted(outputs, key=lambda o: -len(o["gt"]["labels"]))[:num_timelines]
-    for out in chosen:
-        path = out_dir / f"timeline_{out['video_id']}.png"
-        plot_timeline(out, class_names, path)
-        images[f"timeline/{out['video_id']}"] = path
-    if confidences is not None and len(confidences):
-        path = out_dir / "reliability.png"
-        plot_reliability(confidences, correct, path, n_bins=n_bins)
-        images["calibration/reliability"] = path
-    return images
-
-
-def plot_timeline(
-    out: dict[str, Any], class_names: Sequence[str], path: Path, *, top: int = 30
-) -> None:
-    """Ground truth vs the top-scored detections over time (like the paper's Fig. 4)."""
-    import matplotlib.pyplot as plt
-
-    gt_segs = np.asarray(out["gt"]["segments"], dtype=float).reshape(-1, 2)
-    gt_labels = np.asarray(out["gt"]["labels"], dtype=int).reshape(-1)
-    segs = np.asarray(out["segments"], dtype=float).reshape(-1, 2)
-    scores = np.asarray(out["scores"], dtype=float).reshape(-1)
-    labels = np.asarray(out["labels"], dtype=int).reshape(-1)
-    order = np.argsort(-scores, kind="stable")[:top]
-    classes = sorted(set(gt_labels.tolist()) | set(labels[order].tolist()))
-    rows = {c: i for i, c in enumerate(classes)}
-    fig, ax = plt.subplots(figsize=(10, 1.0 + 0.5 * max(1, len(classes))))
-    for (s, e), c in zip(gt_segs, gt_labels):
-        ax.broken_barh([(s, e - s)], (rows[c] + 0.05, 0.4), color="tab:green")
-    for k in order:
-        (s, e), c = segs[k], labels[k]
-        ax.broken_barh(
-            [(s, e - s)],
-            (rows[c] + 0.5, 0.4),
-            color="tab:blue",
-            alpha=float(np.clip(scores[k], 0.05, 1)),
-        )
-    ax.set_yticks([rows[c] + 0.5 for c in classes])
-    ax.set_yticklabels([class_names[c] if c < len(class_names) else str(c) for c in classes])
-    ax.set_xlabel("time (s)")
-    ax.set_title(
-        f"{out['video_id']}: ground truth (green, lower) vs top-{top} detections (blue, alpha = score)"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def plot_reliability(
-    confidences: np.ndarray, correct: np.ndarray, path: Path, n_bins: int = 15
-) -> None:
-    """Reliability diagram of the detection score against "true positive at tIoU 0.5"."""
-    import matplotlib.pyplot as plt
-
-    data = reliability_diagram_data(np.asarray(confidences), np.asarray(correct), n_bins=n_bins)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    centers = 0.5 * (data["bin_edges"][:-1] + data["bin_edges"][1:])
-    width = np.diff(data["bin_edges"])
-    ax.bar(
-        centers,
-        data["accuracy"],
-        width=width,
-        edgecolor="k",
-        alpha=0.7,
-        label="share of true positives",
-    )
-    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-    ax.set_xlabel("detection score")
-    ax.set_ylabel("true positive at tIoU 0.5")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
