@@ -303,6 +303,26 @@ def test_soft_nms_argument_errors():
         soft_nms(s, torch.ones(2), torch.zeros(2), method="box")
     with pytest.raises(ValueError, match="sigma"):
         soft_nms(s, torch.ones(2), torch.zeros(2), sigma=0.0)
+    with pytest.raises(ValueError, match="candidates"):
+        soft_nms_numpy(s.numpy(), np.ones(2), np.zeros(2), candidates=0)
+    with pytest.raises(ValueError, match="finite"):
+        soft_nms_numpy(np.array([[0.0, np.nan], [0, 1]]), np.ones(2), np.zeros(2))
+
+
+def test_batched_soft_nms_non_finite_segments_take_the_torch_loop():
+    # A NaN segment (a diverged network) is not for the NumPy rounds; that video gets the
+    # torch loop's answer, the others the NumPy one.
+    rng = random.Random(4)
+    seg, sc, lab = (
+        torch.stack(x) for x in zip(*(_tensors(*_random_case(rng, 30)) for _ in range(2)))
+    )
+    seg[1, 3, 1] = math.nan
+    got = batched_soft_nms(seg, sc, lab, max_segments=10)
+    loop = batched_soft_nms_torch(seg, sc, lab, max_segments=10)
+    for g, t in zip(got, loop):
+        torch.testing.assert_close(g[1], t[1])
+    index, _ = _run("numpy", *(x.tolist() for x in (seg[0], sc[0], lab[0])), max_segments=10)
+    assert got[0][0].tolist() == index
 
 
 def test_segment_iou_matches_literal():
