@@ -62,17 +62,26 @@ def _tensors(segments, scores, labels, device="cpu"):
     )
 
 
-# The implementations under test: the NumPy rounds (with 2 candidates per round, so that
-# a small case takes several rounds, and with the default), the torch loop on the CPU,
-# and batched_soft_nms, which picks one of them by device.
-IMPLS = ["numpy-2", "numpy", "torch-cpu"] + [f"batched-{d}" for d in DEVICES]
+# The implementations under test: soft_nms_numpy one pick at a time ("loop"), in rounds
+# (with 2 candidates per round, so that a small case takes several rounds, and with the
+# default), and as it chooses; the torch loop on the CPU; batched_soft_nms, which picks
+# one of them by device.
+NUMPY_IMPLS = {
+    "loop": dict(loop_below=2**62),
+    "rounds-2": dict(loop_below=0, candidates=2),
+    "rounds": dict(loop_below=0),
+    "numpy": {},
+}
+IMPLS = [*NUMPY_IMPLS, "torch-cpu"] + [f"batched-{d}" for d in DEVICES]
 
 
 def _run(impl, segments, scores, labels, **kw):
     """Kept positions (list) and scores (float64 tensor) of one video, in pick order."""
-    if impl.startswith("numpy"):
-        if impl != "numpy":
-            kw["candidates"] = int(impl.split("-")[1])
+    if impl in NUMPY_IMPLS or impl.startswith("rounds-"):
+        if impl.startswith("rounds-"):
+            kw |= dict(loop_below=0, candidates=int(impl.split("-")[1]))
+        else:
+            kw |= NUMPY_IMPLS[impl]
         index, score = soft_nms_numpy(
             np.array(segments, dtype=np.float64).reshape(-1, 2),
             np.array(scores, dtype=np.float64),
@@ -144,7 +153,7 @@ def test_soft_nms_numpy_many_rounds_match_literal(method, candidates):
     for _ in range(6):
         segments, scores, labels = _random_case(rng, rng.choice([150, 400]), n_labels=4)
         kw = _random_kw(rng, method, class_agnostic=rng.random() < 0.3)
-        _check_against_literal(segments, scores, labels, f"numpy-{candidates}", **kw)
+        _check_against_literal(segments, scores, labels, f"rounds-{candidates}", **kw)
 
 
 @pytest.mark.parametrize("mode", ["even", "dominant", "two"])
@@ -160,22 +169,26 @@ def test_soft_nms_numpy_all_tied():
     # that index order is not time order: hard NMS keeps every other one from index 0.
     segments = [[300.0 - i, 301.5 - i] for i in range(300)]
     kw = dict(method="hard", iou_threshold=0.1, max_segments=None)
-    index, _ = _run("numpy-4", segments, [0.5] * 300, [0] * 300, **kw)
+    index, _ = _run("rounds-4", segments, [0.5] * 300, [0] * 300, **kw)
     assert index == list(range(0, 300, 2))
     for method in ("gaussian", "linear", "hard"):
         for labels in ([0] * 300, [i % 3 for i in range(300)]):
             _check_against_literal(
-                segments, [0.5] * 300, labels, "numpy-4", method=method, iou_threshold=0.1
+                segments, [0.5] * 300, labels, "rounds-4", method=method, iou_threshold=0.1
             )
 
 
-def test_soft_nms_numpy_candidates_do_not_change_the_result():
+def test_soft_nms_numpy_rounds_equal_the_loop():
     segments, scores, labels = thumos_like_proposals(600, 5, "even", seed=2)
-    base = _run("numpy", segments, scores, labels)
+    base = _run("loop", segments, scores, labels)
     for candidates in (1, 5, 17, 300, 1000):
-        index, score = _run(f"numpy-{candidates}", segments, scores, labels)
+        index, score = _run(f"rounds-{candidates}", segments, scores, labels)
         assert index == base[0]
         torch.testing.assert_close(score, base[1], rtol=1e-12, atol=0)
+    # ActivityNet-sized: the loop, as soft_nms_numpy chooses it.
+    segments, scores, labels = thumos_like_proposals(100, 200, "dominant", seed=2)
+    for impl in ("numpy", "rounds"):
+        _check_against_literal(segments, scores, labels, impl, max_segments=20)
 
 
 def _peer_soft_nms(nms_1d_cpu, segments, scores, labels, *, max_segments):

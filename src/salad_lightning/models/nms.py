@@ -34,6 +34,10 @@ NMS_METHODS = ("gaussian", "linear", "hard")
 # more picks per round (THUMOS14-sized videos: 9-13 rounds with 32, 6-10 with 64, 4-9
 # with 128) but costs candidates^2 per round.
 ROUND_CANDIDATES = 64
+# Under this many proposals x kept, soft_nms_numpy picks one at a time: a pick costs a
+# dozen NumPy calls on short arrays, a round about fifty (ActivityNet-sized videos, 100
+# proposals and 20 kept, take about ten rounds of one or two picks).
+LOOP_BELOW = 16384
 _TINY = np.finfo(np.float64).tiny
 
 
@@ -76,13 +80,15 @@ def soft_nms_numpy(
     max_segments: int | None = 200,
     class_agnostic: bool = False,
     candidates: int = ROUND_CANDIDATES,
+    loop_below: int = LOOP_BELOW,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Soft-NMS of one video in NumPy: segments (M, 2), scores (M,), labels (M,), valid (M,).
 
     Returns ``(index, score)``: the positions (into M) of the kept proposals in pick order
-    and their scores when picked, float64. Semantics as :func:`soft_nms`; the method is the
-    one of this module's docstring. Segments must be finite. ``candidates`` (>= 1): how many
-    of the best proposals each round examines; it changes the speed, not the result.
+    and their scores when picked, float64. Semantics as :func:`soft_nms`. Segments must
+    be finite. Small problems (proposals x kept < ``loop_below``) go one pick at a time,
+    the others in rounds (this module's docstring) of ``candidates`` (>= 1) proposals.
+    Neither changes the result, only the speed.
     """
     _check_args(method, sigma, max_segments)
     if candidates < 1:
@@ -92,21 +98,54 @@ def soft_nms_numpy(
     if valid is not None:
         keep &= np.asarray(valid, dtype=bool)
     keep = np.flatnonzero(keep)
-    cap = math.inf if max_segments is None else max_segments
-    if keep.size == 0 or cap == 0:
+    cap = keep.size if max_segments is None else min(max_segments, keep.size)
+    if cap == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
     seg = np.asarray(segments, dtype=np.float64)[keep]
     if not np.isfinite(seg).all():
         raise ValueError("soft_nms_numpy needs finite segments")
     lab = np.zeros(keep.size, np.int64) if class_agnostic else np.asarray(labels)[keep]
+    args = (seg[:, 0], seg[:, 1], scores[keep], lab, keep)
+    kw = dict(method=method, sigma=sigma, iou_threshold=iou_threshold, min_score=min_score)
+    if keep.size * cap < loop_below:
+        return _loop(*args, cap=cap, **kw)
+    return _rounds(*args, cap=cap, candidates=candidates, **kw)
 
+
+def _loop(s, e, cur, lab, idx, *, cap, method, sigma, iou_threshold, min_score):
+    """The greedy loop itself, one pick at a time (arrays in index order: argmax ties)."""
+    length = e - s
+    picked: list[int] = []
+    values: list[float] = []
+    with np.errstate(invalid="ignore"):  # -inf * 0 = NaN marks a removed proposal too
+        while len(picked) < cap:
+            b = int(cur.argmax())
+            if cur[b] == -math.inf:
+                break
+            picked.append(b)
+            values.append(cur[b])
+            iou = _pair_iou(s, e, length, s[b], e[b], length[b])
+            same = lab == lab[b]
+            if method == "gaussian":
+                cur *= np.where(same, np.exp(-(iou * iou) / sigma), 1.0)
+            elif method == "linear":
+                cur *= np.where(same & (iou >= iou_threshold), 1.0 - iou, 1.0)
+            else:
+                cur[same & (iou >= iou_threshold)] = -math.inf
+            cur[b] = -math.inf
+            cur = np.where(cur >= min_score, cur, -math.inf)  # NaN fails too
+    return idx[picked], np.array(values, dtype=np.float64)
+
+
+def _rounds(s, e, cur, lab, idx, *, cap, candidates, method, sigma, iou_threshold, min_score):
+    """The rounds of this module's docstring."""
     # Sorted by (class, start), the proposals a pick can hit form one contiguous run of
     # its class, found by two binary searches: starts <= its end, and running maximum of
     # the ends >= its start. A class offset much larger than the time span puts all the
     # classes on one sorted axis. Rounding is monotone, so these runs still contain every
     # overlapping proposal; the tIoU computed afterwards decides.
-    order = np.lexsort((seg[:, 0], lab))
-    s, e, cur, lab, idx = seg[order, 0], seg[order, 1], scores[keep[order]], lab[order], keep[order]
+    order = np.lexsort((s, lab))
+    s, e, cur, lab, idx = s[order], e[order], cur[order], lab[order], idx[order]
     length = e - s
     low = min(s.min(), e.min())
     span = 2.0 ** (math.frexp(max(s.max(), e.max()) - low)[1] + 1)
@@ -148,9 +187,8 @@ def soft_nms_numpy(
                 method,
                 iou_threshold,
             )
-            if not class_agnostic:
-                cl = lab[cand]
-                hit &= cl[:, None] == cl
+            cl = lab[cand]
+            hit &= cl[:, None] == cl
             hit &= np.tri(cand.size, cand.size, -1, dtype=bool)
             win = cand[~hit.any(axis=1)]
             picked_idx.append(idx[win])
@@ -196,9 +234,7 @@ def soft_nms_numpy(
 
     index = np.concatenate(picked_idx)
     value = np.concatenate(picked_val)
-    order = np.lexsort((index, -value))
-    if cap < order.size:
-        order = order[:cap]
+    order = np.lexsort((index, -value))[:cap]
     return index[order], value[order]
 
 
