@@ -16,8 +16,9 @@ score: those outside rank below) and applies their decays together, which is wha
 loop does before it picks any proposal they hit. Ordering all the picks by rank then
 gives the loop's sequence, ties included: when the loop picks *x*, every proposal still
 alive ranks below it and can only fall. The benchmark's THUMOS14-sized videos (2,300
-proposals, 200 kept) take 6-10 rounds instead of 200 picks.
-``tests/test_postprocess.py`` checks the equality against a plain loop.
+proposals, 200 kept) take 6-10 rounds instead of 200 picks; small problems (an
+ActivityNet-sized video) go one pick at a time, which is cheaper there.
+``tests/test_postprocess.py`` checks both against a plain loop.
 """
 
 from __future__ import annotations
@@ -268,21 +269,6 @@ def batched_soft_nms(
     """
     _check_args(method, sigma, max_segments)
     _check_shapes(segments, scores)
-    if segments.device.type != "cpu":
-        return batched_soft_nms_torch(
-            segments,
-            scores,
-            labels,
-            valid,
-            method=method,
-            sigma=sigma,
-            iou_threshold=iou_threshold,
-            min_score=min_score,
-            max_segments=max_segments,
-            class_agnostic=class_agnostic,
-        )
-    B, M = scores.shape
-    S = M if max_segments is None else min(max_segments, M)
     kw = dict(
         method=method,
         sigma=sigma,
@@ -291,6 +277,10 @@ def batched_soft_nms(
         max_segments=max_segments,
         class_agnostic=class_agnostic,
     )
+    if segments.device.type != "cpu":
+        return batched_soft_nms_torch(segments, scores, labels, valid, **kw)
+    B, M = scores.shape
+    S = M if max_segments is None else min(max_segments, M)
     seg_np, score_np, label_np = (x.detach().numpy() for x in (segments, scores, labels))
     valid_np = None if valid is None else valid.detach().numpy()
     index = np.zeros((B, S), dtype=np.int64)
