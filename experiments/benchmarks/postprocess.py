@@ -1,21 +1,22 @@
 """Time soft-NMS per video against ActionFormer's compiled soft-NMS and the literal loop.
 
     python experiments/benchmarks/postprocess.py [--repeats 21] [--peer-dir /tmp/peer_nms]
-        [--no-peer] [--device cuda]
+        [--no-peer] [--device cuda] [--threads 1]
 
 Cases (``thumos_like_proposals`` of ``tests/_literal_nms.py``, float32 as a network gives
 them): a THUMOS14-sized video, 2,300 proposals, 20 classes, 200 kept, with the classes
 alike, one class holding 90% of the proposals, two classes; an ActivityNet-sized one,
 100 proposals, 200 classes (90% one), 20 kept. Gaussian, sigma 0.5, min_score 0.001.
 
-Per case, on one thread, each timed ``--repeats`` times in turn (median):
+Per case, on one thread (``--threads``), each timed ``--repeats`` times in turn (median):
 
 - ``ours``: ``batched_soft_nms`` on CPU tensors, i.e. ``soft_nms_numpy``, the path
   ``postprocess_batch`` takes on the CPU;
-- ``peer``: ActionFormer's ``batched_nms`` (its ``libs/utils/nms.py``, multiclass soft-NMS:
-  the compiled ``nms_1d_cpu.softnms`` per class, then one sort and cut), given the
-  proposals with a score >= min_score (ActionFormer filters before its NMS; ours filters
-  inside, in the time);
+- ``peer``: ActionFormer's ``batched_nms`` (``actionformer/utils/nms.py`` in the sdist,
+  ``libs/utils/nms.py`` on GitHub; multiclass soft-NMS: the compiled
+  ``nms_1d_cpu.softnms`` per class, then one sort and cut), given the proposals with a
+  score >= min_score (ActionFormer filters before its NMS; ours filters inside, in the
+  time);
 - ``literal``: the plain-Python loop of ``tests/_literal_nms.py`` (3 runs);
 - ``torch loop``: ``batched_soft_nms_torch`` on the CPU, the loop a GPU runs (3 runs).
 
@@ -75,7 +76,8 @@ def build_peer(folder: Path):
         if src is None:
             subprocess.run(
                 [py, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
-                + ["--no-build-isolation", PEER, "-d", str(folder)],
+                + ["--no-build-isolation", PEER, "-d", str(folder)]
+                + ["--retries", "1", "--timeout", "15"],  # offline: give up quickly
                 check=True,
                 capture_output=True,
                 timeout=300,
@@ -232,7 +234,8 @@ def machine() -> str:
     ).stdout.strip()
     return (
         f"{model}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; torch "
-        f"{torch.__version__} (1 thread), numpy {np.__version__}, commit {commit or '?'}"
+        f"{torch.__version__} ({torch.get_num_threads()} thread(s)), numpy {np.__version__}, "
+        f"commit {commit or '?'}"
     )
 
 
@@ -242,8 +245,9 @@ def main() -> None:
     ap.add_argument("--peer-dir", type=Path, default=Path("/tmp/peer_nms"))
     ap.add_argument("--no-peer", action="store_true", help="do not fetch or build the peer")
     ap.add_argument("--device", default="cpu", help="also time postprocess_batch there")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
 
     peer = None
@@ -269,7 +273,8 @@ def main() -> None:
         cells += [f"{row['ours'] / row[r.split('/')[1]]:.3f}" for r in ratios]
         cells += ["yes" if row[a] else "NO" for a in agree]
         print(f"| {name} | {' | '.join(cells)} |", flush=True)
-    print(f"load average after: {os.getloadavg()[0]:.2f} (ours and peer: median of {args.repeats})")
+    timed = "ours and peer" if peer else "ours"
+    print(f"load average after: {os.getloadavg()[0]:.2f} ({timed}: median of {args.repeats})")
     time_postprocess_batch(torch.device("cpu"), args.repeats)
     if args.device != "cpu":
         time_postprocess_batch(torch.device(args.device), args.repeats, batch=16)
