@@ -85,7 +85,7 @@ def _run(impl, segments, scores, labels, **kw):
         index, score = soft_nms_numpy(
             np.array(segments, dtype=np.float64).reshape(-1, 2),
             np.array(scores, dtype=np.float64),
-            np.array(labels, dtype=np.int64),
+            np.array(labels),  # ints or floats, as given
             **kw,
         )
         assert index.dtype == np.int64 and score.dtype == np.float64
@@ -189,6 +189,22 @@ def test_soft_nms_numpy_rounds_equal_the_loop():
     segments, scores, labels = thumos_like_proposals(100, 200, "dominant", seed=2)
     for impl in ("numpy", "rounds"):
         _check_against_literal(segments, scores, labels, impl, max_segments=20)
+
+
+@pytest.mark.parametrize("impl", ["rounds-8", "loop"])
+def test_soft_nms_numpy_odd_inputs_match_literal(impl):
+    # Labels 0.1 apart, negative, or 0, 1, 2^60, 2^60 + 1 (too close for float offsets:
+    # the rounds rank those); segments reversed (end < start: they never overlap) or far
+    # from zero.
+    relabels = [lambda c: 0.1 * c, lambda c: -3 * c, lambda c: ((c // 2) << 60) + c % 2]
+    rng = random.Random(9)
+    for _ in range(10):
+        segments, scores, labels = _random_case(rng, 200, n_labels=4)
+        for i in rng.sample(range(200), 20):
+            segments[i].reverse()
+        for relabel, shift in zip(relabels, (0.0, 0.0, 1e7)):
+            seg = [[s + shift, e + shift] for s, e in segments]
+            _check_against_literal(seg, scores, [relabel(c) for c in labels], impl)
 
 
 def _peer_soft_nms(nms_1d_cpu, segments, scores, labels, *, max_segments):

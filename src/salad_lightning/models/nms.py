@@ -143,12 +143,13 @@ def _rounds(s, e, cur, lab, idx, *, cap, candidates, method, sigma, iou_threshol
     """The rounds of this module's docstring."""
     # Sorted by (class, start), the proposals a pick can hit form one contiguous run of
     # its class, found by two binary searches: starts <= its end, and running maximum of
-    # the ends >= its start. A class offset larger than twice the time span puts all the
-    # classes on one sorted axis. Rounding is monotone, so these runs still contain every
-    # overlapping proposal; the tIoU computed afterwards decides.
+    # the ends >= its start. Whole class numbers times a power of two above twice the
+    # time span put every class on one sorted axis, in a stretch of its own. Rounding is
+    # monotone, so these runs still contain every overlapping proposal; the tIoU computed
+    # afterwards decides.
     if np.issubdtype(lab.dtype, np.integer) and lab.max() - lab.min() < 2**20:
         cls = lab - lab.min()
-    else:  # float or far-apart labels: their ranks
+    else:  # labels that are not integers, or too far apart to stay exact as floats
         cls = np.unique(lab, return_inverse=True)[1]
     low = min(s.min(), e.min())
     offset = cls * 2.0 ** (math.frexp(max(s.max(), e.max()) - low)[1] + 1)
