@@ -354,6 +354,18 @@ def test_batched_soft_nms_non_finite_segments_take_the_torch_loop():
     assert got[0][0].tolist() == index
 
 
+def test_batched_soft_nms_half_precision():
+    seg, sc, lab = _tensors(*_random_case(random.Random(5), 40))
+    seg, sc = seg.bfloat16(), sc.bfloat16()
+    index, score, kept = batched_soft_nms(seg[None], sc[None], lab[None])
+    ref_index, ref_score, ref_kept = batched_soft_nms(
+        seg[None].double(), sc[None].double(), lab[None]
+    )
+    assert score.dtype == torch.bfloat16 and kept.sum() > 10
+    assert torch.equal(index[kept], ref_index[ref_kept])
+    torch.testing.assert_close(score[kept], ref_score[ref_kept].bfloat16())
+
+
 def test_segment_iou_matches_literal():
     rng = random.Random(11)
     a = [_random_case(rng, 1)[0][0] for _ in range(300)]

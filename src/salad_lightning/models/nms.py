@@ -282,7 +282,9 @@ def batched_soft_nms(
         return batched_soft_nms_torch(segments, scores, labels, valid, **kw)
     B, M = scores.shape
     S = M if max_segments is None else min(max_segments, M)
-    seg_np, score_np, label_np = (x.detach().numpy() for x in (segments, scores, labels))
+    # float64 here: NumPy has no bfloat16, and soft_nms_numpy works in float64 anyway.
+    seg_np, score_np = (x.detach().double().numpy() for x in (segments, scores))
+    label_np = labels.detach().numpy()
     valid_np = None if valid is None else valid.detach().numpy()
     index = np.zeros((B, S), dtype=np.int64)
     kept_score = np.full((B, S), -math.inf)
