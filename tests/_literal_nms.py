@@ -1,12 +1,14 @@
 """Literal loop transcriptions used as test references (plain Python floats and lists).
 
-Independent of the vectorised code in ``salad_lightning.models.postprocess``: no
-torch, no numpy, one proposal at a time.
+Independent of the vectorised code in ``salad_lightning.models``: no
+torch, no numpy, one proposal at a time. Also the THUMOS14-like proposals that the
+soft-NMS tests and ``experiments/benchmarks/postprocess.py`` share.
 """
 
 from __future__ import annotations
 
 import math
+import random
 
 
 def literal_tiou(a, b):
@@ -79,3 +81,48 @@ def literal_topk(scores, k):
         out.append(best)
         left.remove(best)
     return out
+
+
+def thumos_like_proposals(n, classes, mode="even", seed=0):
+    """Proposals of one THUMOS14-like video, one per step: ``(segments, scores, labels)``.
+
+    Background steps predict short segments around themselves (up to 50 steps each side)
+    with low scores; ``max(1, n // 150)`` actions of 10-100 steps each make a peak: their
+    steps predict the action's boundaries with noise, with scores up to 0.95 highest at
+    its centre. Labels: ``mode`` "even" (every class alike), "dominant" (90% one class)
+    or "two" (two classes); an action's steps take its class 90% of the time.
+    """
+    rng = random.Random(seed)
+    if mode == "even":
+        weights = [1.0] * classes
+    elif mode == "dominant":
+        weights = [0.9] + [0.1 / (classes - 1)] * (classes - 1)
+    elif mode == "two":
+        weights = [0.5, 0.5] + [0.0] * (classes - 2)
+    else:
+        raise ValueError(mode)
+
+    def draw_label():
+        return rng.choices(range(classes), weights)[0]
+
+    segments, scores, labels = [], [], []
+    for t in range(n):
+        segments.append([t - rng.uniform(1, 50), t + rng.uniform(1, 50)])
+        scores.append(rng.betavariate(1.0, 15.0))
+        labels.append(draw_label())
+    for _ in range(max(1, n // 150)):
+        length = rng.uniform(10, 100)
+        centre = rng.uniform(0, n)
+        start, end = centre - length / 2, centre + length / 2
+        peak = rng.uniform(0.5, 0.95)
+        label = draw_label()
+        for t in range(max(0, math.ceil(start)), min(n, math.floor(end) + 1)):
+            s = start + rng.gauss(0, 0.1 * length)
+            e = end + rng.gauss(0, 0.1 * length)
+            segments[t] = [s, max(e, s + 0.5)]
+            profile = 1 - abs(t - centre) / (length / 2)
+            score = peak * (0.3 + 0.7 * profile) + rng.gauss(0, 0.03)
+            scores[t] = min(1.0, max(0.0, score))
+            if rng.random() < 0.9:
+                labels[t] = label
+    return segments, scores, labels

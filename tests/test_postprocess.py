@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from _literal_nms import literal_soft_nms, literal_tiou, literal_topk
+from _literal_nms import literal_soft_nms, literal_tiou, literal_topk, thumos_like_proposals
 from salad_lightning.data.mapping import TimeMapping
 from salad_lightning.models.net import SaladOutput
+from salad_lightning.models.nms import batched_soft_nms_torch, soft_nms_numpy
 from salad_lightning.models.postprocess import (
     batched_soft_nms,
     decode,
@@ -24,6 +25,14 @@ from salad_lightning.models.postprocess import (
 )
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# THUMOS14-sized videos (20 classes alike, one class with 90% of the proposals, two
+# classes) and an ActivityNet-sized one, as the benchmark times them.
+PEER_CASES = [
+    ("even", 2300, 20, 200),
+    ("dominant", 2300, 20, 200),
+    ("two", 2300, 20, 200),
+    ("dominant", 100, 200, 20),
+]
 
 
 def _random_case(rng: random.Random, m: int, n_labels: int = 3, distinct: bool = True):
@@ -45,59 +54,197 @@ def _random_case(rng: random.Random, m: int, n_labels: int = 3, distinct: bool =
     return segments, scores, labels
 
 
-def _check_against_literal(segments, scores, labels, device="cpu", **kw):
-    ref = literal_soft_nms(segments, scores, labels, **kw)
-    seg_t = torch.tensor(segments, dtype=torch.float64).reshape(-1, 2)
-    got_seg, got_score, got_lab = (
-        x.cpu()
-        for x in soft_nms(
-            seg_t.to(device),
-            torch.tensor(scores, dtype=torch.float64, device=device),
-            torch.tensor(labels, dtype=torch.int64, device=device),
+def _tensors(segments, scores, labels, device="cpu"):
+    return (
+        torch.tensor(segments, dtype=torch.float64, device=device).reshape(-1, 2),
+        torch.tensor(scores, dtype=torch.float64, device=device),
+        torch.tensor(labels, dtype=torch.int64, device=device),
+    )
+
+
+# The implementations under test: soft_nms_numpy one pick at a time ("loop"), in rounds
+# (with 2 candidates per round, so that a small case takes several rounds, and with the
+# default), and as it chooses; the torch loop on the CPU; batched_soft_nms, which picks
+# one of them by device.
+NUMPY_IMPLS = {
+    "loop": dict(loop_below=2**62),
+    "rounds-2": dict(loop_below=0, candidates=2),
+    "rounds": dict(loop_below=0),
+    "numpy": {},
+}
+IMPLS = [*NUMPY_IMPLS, "torch-cpu"] + [f"batched-{d}" for d in DEVICES]
+
+
+def _run(impl, segments, scores, labels, **kw):
+    """Kept positions (list) and scores (float64 tensor) of one video, in pick order."""
+    if impl in NUMPY_IMPLS or impl.startswith("rounds-"):
+        if impl.startswith("rounds-"):
+            kw |= dict(loop_below=0, candidates=int(impl.split("-")[1]))
+        else:
+            kw |= NUMPY_IMPLS[impl]
+        index, score = soft_nms_numpy(
+            np.array(segments, dtype=np.float64).reshape(-1, 2),
+            np.array(scores, dtype=np.float64),
+            np.array(labels),  # ints or floats, as given
             **kw,
         )
-    )
-    ref_idx = [i for i, _ in ref]
-    assert got_seg.shape == (len(ref), 2)
-    torch.testing.assert_close(got_seg, seg_t[ref_idx].reshape(-1, 2), rtol=0, atol=0)
+        assert index.dtype == np.int64 and score.dtype == np.float64
+        return index.tolist(), torch.from_numpy(score)
+    fn = batched_soft_nms_torch if impl == "torch-cpu" else batched_soft_nms
+    device = "cpu" if impl == "torch-cpu" else impl.split("-")[1]
+    batch = (x[None] for x in _tensors(segments, scores, labels, device))
+    index, score, kept = (x[0].cpu() for x in fn(*batch, **kw))
+    n = int(kept.sum())
+    assert kept[:n].all() and not kept[n:].any()
+    return index[:n].tolist(), score[:n]
+
+
+def _check_against_literal(segments, scores, labels, impl, **kw):
+    ref = literal_soft_nms(segments, scores, labels, **kw)
+    index, score = _run(impl, segments, scores, labels, **kw)
+    assert index == [i for i, _ in ref]
     torch.testing.assert_close(
-        got_score, torch.tensor([s for _, s in ref], dtype=torch.float64), rtol=1e-9, atol=1e-12
+        score, torch.tensor([s for _, s in ref], dtype=torch.float64), rtol=1e-9, atol=1e-12
     )
-    assert got_lab.tolist() == [labels[i] for i in ref_idx]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+def _random_kw(rng, method, class_agnostic):
+    return dict(
+        method=method,
+        sigma=rng.choice([0.1, 0.5, 1.0]),
+        iou_threshold=rng.choice([0.0, 0.3, 0.5, 0.7]),
+        min_score=rng.choice([0.0, 0.001, 0.1, 0.3]),
+        max_segments=rng.choice([None, 1, 4, 200]),
+        class_agnostic=class_agnostic,
+    )
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("class_agnostic", [False, True])
 @pytest.mark.parametrize("method", ["gaussian", "linear", "hard"])
-def test_soft_nms_matches_literal(method, class_agnostic, device):
-    rng = random.Random(hash((method, class_agnostic)) % 1000)
+def test_soft_nms_matches_literal(method, class_agnostic, impl):
+    rng = random.Random(f"{method}-{class_agnostic}")  # str seeds are not salted per run
     for _ in range(60):
-        m = rng.choice([0, 1, 2, 5, 20, 60])
-        segments, scores, labels = _random_case(rng, m)
-        _check_against_literal(
-            segments,
-            scores,
-            labels,
-            method=method,
-            sigma=rng.choice([0.1, 0.5, 1.0]),
-            iou_threshold=rng.choice([0.0, 0.3, 0.5, 0.7]),
-            min_score=rng.choice([0.0, 0.001, 0.1, 0.3]),
-            max_segments=rng.choice([None, 1, 4, 200]),
-            class_agnostic=class_agnostic,
-            device=device,
-        )
+        segments, scores, labels = _random_case(rng, rng.choice([0, 1, 2, 5, 20, 60]))
+        kw = _random_kw(rng, method, class_agnostic)
+        _check_against_literal(segments, scores, labels, impl, **kw)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("class_agnostic", [False, True])
-def test_hard_nms_ties_go_to_lower_index(class_agnostic, device):
-    # Hard NMS never changes a score, so equal scores stay exactly equal.
+@pytest.mark.parametrize("method", ["gaussian", "linear", "hard"])
+def test_soft_nms_ties_match_literal(method, class_agnostic, impl):
+    # Four score values and duplicated segments: equal scores meet in every round, and
+    # the lower index must go first, before and after decay (hard NMS keeps them equal).
     rng = random.Random(7)
     for _ in range(40):
-        segments, scores, labels = _random_case(rng, rng.choice([3, 10, 40]), distinct=False)
-        _check_against_literal(
-            segments, scores, labels, method="hard", class_agnostic=class_agnostic, device=device
-        )
+        m = rng.choice([3, 10, 40, 120])
+        segments, scores, labels = _random_case(rng, m, distinct=False)
+        kw = _random_kw(rng, method, class_agnostic)
+        _check_against_literal(segments, scores, labels, impl, **kw)
+
+
+@pytest.mark.parametrize("candidates", [1, 2, 3, 8])
+@pytest.mark.parametrize("method", ["gaussian", "linear", "hard"])
+def test_soft_nms_numpy_many_rounds_match_literal(method, candidates):
+    # Larger videos and few candidates per round: many rounds, the cut of `max_segments`
+    # rising as picks come in, the arrays compacted as proposals die.
+    rng = random.Random(candidates)
+    for _ in range(6):
+        segments, scores, labels = _random_case(rng, rng.choice([150, 400]), n_labels=4)
+        kw = _random_kw(rng, method, class_agnostic=rng.random() < 0.3)
+        _check_against_literal(segments, scores, labels, f"rounds-{candidates}", **kw)
+
+
+@pytest.mark.parametrize("mode", ["even", "dominant", "two"])
+def test_soft_nms_thumos_sized_matches_literal(mode):
+    # The benchmark's videos: 2,300 proposals, peaks of heavily overlapping segments.
+    segments, scores, labels = thumos_like_proposals(2300, 20, mode, seed=1)
+    _check_against_literal(segments, scores, labels, "batched-cpu")
+
+
+def test_soft_nms_numpy_all_tied():
+    # One score for all: a round's candidates must be the lowest indices among the tied.
+    # A chain of segments, each overlapping the next (iou 0.2), listed right to left so
+    # that index order is not time order: hard NMS keeps every other one from index 0.
+    segments = [[300.0 - i, 301.5 - i] for i in range(300)]
+    kw = dict(method="hard", iou_threshold=0.1, max_segments=None)
+    index, _ = _run("rounds-4", segments, [0.5] * 300, [0] * 300, **kw)
+    assert index == list(range(0, 300, 2))
+    for method in ("gaussian", "linear", "hard"):
+        for labels in ([0] * 300, [i % 3 for i in range(300)]):
+            _check_against_literal(
+                segments, [0.5] * 300, labels, "rounds-4", method=method, iou_threshold=0.1
+            )
+
+
+def test_soft_nms_numpy_rounds_equal_the_loop():
+    segments, scores, labels = thumos_like_proposals(600, 5, "even", seed=2)
+    base = _run("loop", segments, scores, labels)
+    for candidates in (1, 5, 17, 300, 1000):
+        index, score = _run(f"rounds-{candidates}", segments, scores, labels)
+        assert index == base[0]
+        torch.testing.assert_close(score, base[1], rtol=1e-12, atol=0)
+    # ActivityNet-sized: the loop, as soft_nms_numpy chooses it.
+    segments, scores, labels = thumos_like_proposals(100, 200, "dominant", seed=2)
+    for impl in ("numpy", "rounds"):
+        _check_against_literal(segments, scores, labels, impl, max_segments=20)
+
+
+@pytest.mark.parametrize("impl", ["rounds-8", "loop"])
+def test_soft_nms_numpy_odd_inputs_match_literal(impl):
+    # Labels 0.1 apart, negative, or 0, 1, 2^60, 2^60 + 1 (too close for float offsets:
+    # the rounds rank those); segments reversed (end < start: they never overlap) or far
+    # from zero.
+    relabels = [lambda c: 0.1 * c, lambda c: -3 * c, lambda c: ((c // 2) << 60) + c % 2]
+    rng = random.Random(9)
+    for _ in range(10):
+        segments, scores, labels = _random_case(rng, 200, n_labels=4)
+        for i in rng.sample(range(200), 20):
+            segments[i].reverse()
+        for relabel, shift in zip(relabels, (0.0, 0.0, 1e7)):
+            seg = [[s + shift, e + shift] for s, e in segments]
+            _check_against_literal(seg, scores, [relabel(c) for c in labels], impl)
+
+
+def _peer_soft_nms(nms_1d_cpu, segments, scores, labels, *, max_segments):
+    """ActionFormer's multiclass soft-NMS: its C++ op per class, then one sort and cut.
+
+    Its C++ loop keeps the scores under ``min_score`` until the first decay, so they are
+    dropped here first, as our step 1 does.
+    """
+    keep = torch.nonzero(scores >= 0.001).squeeze(1)
+    picked, value = [], []
+    for c in torch.unique(labels[keep]):
+        idx = keep[labels[keep] == c]
+        dets = segments.new_empty((idx.numel(), 3))
+        inds = nms_1d_cpu.softnms(segments[idx], scores[idx], dets, 0.5, 0.5, 0.001, 2)
+        picked.append(idx[inds])
+        value.append(dets[: inds.numel(), 2])
+    picked, value = torch.cat(picked), torch.cat(value)
+    order = value.argsort(descending=True)[:max_segments]
+    return picked[order], value[order]
+
+
+@pytest.mark.parametrize(("mode", "n", "classes", "max_segments"), PEER_CASES)
+def test_soft_nms_matches_actionformer(mode, n, classes, max_segments):
+    nms_1d_cpu = pytest.importorskip(
+        "nms_1d_cpu",
+        reason="ActionFormer's compiled soft-NMS is not importable; "
+        "experiments/benchmarks/postprocess.py builds it and prints how to run this test",
+    )
+    segments, scores, labels = thumos_like_proposals(n, classes, mode, seed=3)
+    # float32, as the C++ op reads it; distinct scores, since its ties go another way.
+    seg = torch.tensor(segments, dtype=torch.float32)
+    sc = torch.tensor(scores, dtype=torch.float32)
+    assert sc.unique().numel() == n
+    lab = torch.tensor(labels)
+    peer_index, peer_score = _peer_soft_nms(nms_1d_cpu, seg, sc, lab, max_segments=max_segments)
+    index, score, kept = batched_soft_nms(seg[None], sc[None], lab[None], max_segments=max_segments)
+    index, score = index[0][kept[0]], score[0][kept[0]]
+    assert len(index) == len(peer_index)
+    assert sorted(index.tolist()) == sorted(peer_index.tolist())
+    torch.testing.assert_close(score, peer_score, rtol=1e-4, atol=1e-6)
 
 
 def test_linear_full_overlap_with_zero_min_score():
@@ -138,6 +285,12 @@ def test_soft_nms_hand_worked():
         segments, scores, labels, method="hard", iou_threshold=0.3, class_agnostic=True
     )
     torch.testing.assert_close(sc, torch.tensor([0.9, 0.1]))
+    # iou exactly at the threshold counts (>=): [1, 3] in [0, 4] has iou 2 / 4 = 0.5.
+    for impl in IMPLS:
+        pair = ([[0.0, 4.0], [1.0, 3.0]], [0.9, 0.8], [0, 0])
+        assert _run(impl, *pair, method="linear", iou_threshold=0.5)[1].tolist() == [0.9, 0.4]
+        assert _run(impl, *pair, method="hard", iou_threshold=0.5)[0] == [0]
+        assert _run(impl, *pair, method="hard", iou_threshold=0.50001)[0] == [0, 1]
     # min_score drops the decayed ones and the initially low ones; max_segments caps.
     _, sc, _ = soft_nms(segments, scores, labels, min_score=0.65)
     torch.testing.assert_close(sc, torch.tensor([0.9, 0.7]))
@@ -179,6 +332,38 @@ def test_soft_nms_argument_errors():
         soft_nms(s, torch.ones(2), torch.zeros(2), method="box")
     with pytest.raises(ValueError, match="sigma"):
         soft_nms(s, torch.ones(2), torch.zeros(2), sigma=0.0)
+    with pytest.raises(ValueError, match="candidates"):
+        soft_nms_numpy(s.numpy(), np.ones(2), np.zeros(2), candidates=0)
+    with pytest.raises(ValueError, match="finite"):
+        soft_nms_numpy(np.array([[0.0, np.nan], [0, 1]]), np.ones(2), np.zeros(2))
+
+
+def test_batched_soft_nms_non_finite_segments_take_the_torch_loop():
+    # A NaN segment (a diverged network) is not for the NumPy rounds; that video gets the
+    # torch loop's answer, the others the NumPy one.
+    rng = random.Random(4)
+    seg, sc, lab = (
+        torch.stack(x) for x in zip(*(_tensors(*_random_case(rng, 30)) for _ in range(2)))
+    )
+    seg[1, 3, 1] = math.nan
+    got = batched_soft_nms(seg, sc, lab, max_segments=10)
+    loop = batched_soft_nms_torch(seg, sc, lab, max_segments=10)
+    for g, t in zip(got, loop):
+        torch.testing.assert_close(g[1], t[1])
+    index, _ = _run("numpy", *(x.tolist() for x in (seg[0], sc[0], lab[0])), max_segments=10)
+    assert got[0][0].tolist() == index
+
+
+def test_batched_soft_nms_half_precision():
+    seg, sc, lab = _tensors(*_random_case(random.Random(5), 40))
+    seg, sc = seg.bfloat16(), sc.bfloat16()
+    index, score, kept = batched_soft_nms(seg[None], sc[None], lab[None])
+    ref_index, ref_score, ref_kept = batched_soft_nms(
+        seg[None].double(), sc[None].double(), lab[None]
+    )
+    assert score.dtype == torch.bfloat16 and kept.sum() > 10
+    assert torch.equal(index[kept], ref_index[ref_kept])
+    torch.testing.assert_close(score[kept], ref_score[ref_kept].bfloat16())
 
 
 def test_segment_iou_matches_literal():

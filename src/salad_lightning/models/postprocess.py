@@ -1,8 +1,9 @@
 """From network outputs to scored segments in seconds (SPEC §2, §5).
 
 Everything here is plain torch, vectorised over the batch and the steps, and runs on
-whatever device the network outputs live on; :func:`postprocess_batch` moves the
-final, small result to the CPU once.
+whatever device the network outputs live on (soft-NMS, in ``models/nms.py``, runs in
+NumPy when that device is the CPU); :func:`postprocess_batch` moves the final, small
+result to the CPU once.
 
 Pipeline of :func:`postprocess_batch`: offsets -> index-unit segments
 (:func:`offsets_to_segments`) -> seconds, label and class confidence per valid step
@@ -20,8 +21,12 @@ from torch import Tensor
 
 from salad_lightning.data.mapping import index_to_seconds
 
+# NMS lives in models/nms.py; NMS_METHODS and soft_nms stay importable from here.
+from salad_lightning.models.nms import NMS_METHODS as NMS_METHODS
+from salad_lightning.models.nms import batched_soft_nms
+from salad_lightning.models.nms import soft_nms as soft_nms
+
 FUSION_MODES = ("regression", "arithmetic", "geometric", "normalized_product")
-NMS_METHODS = ("gaussian", "linear", "hard")
 NMS_MODES = ("soft", "hard", "none")
 SOFT_METHODS = ("gaussian", "linear")
 
@@ -121,144 +126,6 @@ def topk(segments: Tensor, scores: Tensor, labels: Tensor, k: int) -> tuple[Tens
         raise ValueError(f"k must be >= 0, found {k}")
     order = _sort_desc(scores)[:k]
     return segments[order], scores[order], labels[order]
-
-
-def batched_soft_nms(
-    segments: Tensor,
-    scores: Tensor,
-    labels: Tensor,
-    valid: Tensor | None = None,
-    *,
-    method: str = "gaussian",
-    sigma: float = 0.5,
-    iou_threshold: float = 0.5,
-    min_score: float = 0.001,
-    max_segments: int | None = 200,
-    class_agnostic: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Soft-NMS on B videos at once: segments (B, M, 2), scores/labels/valid (B, M).
-
-    Returns ``(index, score, kept)``, each (B, S) with ``S = min(max_segments, M)``:
-    ``index[b, j]`` is the position (into M) of the j-th kept proposal of video b,
-    ``score[b, j]`` its score when it was picked (after decay), ``kept[b, j]`` False
-    for the slots past the end of video b's list. Semantics as :func:`soft_nms`.
-
-    One iteration per kept slot, each O(B * M) tensor work (about 20 small ops)
-    with no host sync: the IoU row of the picked proposal is computed on the fly,
-    so memory is O(B * M), not O(M^2); total O(S * B * M). The loop stops early
-    once every video is exhausted (checked every iteration on CPU, every 16 on
-    other devices, where the check is a sync). Measured on THUMOS-like sizes
-    (M = 2300, S = 200, 20 classes): ~20 ms per video on CPU; on an H100 the loop
-    is launch-bound, ~50 ms for 1 video and ~60 ms for a batch of 16
-    (``experiments/benchmarks/postprocess.py``).
-    """
-    if method not in NMS_METHODS:
-        raise ValueError(f"unknown NMS method {method!r}; allowed: {', '.join(NMS_METHODS)}")
-    if method == "gaussian" and not sigma > 0:
-        raise ValueError(f"sigma must be > 0 for Gaussian soft-NMS, found {sigma}")
-    if max_segments is not None and max_segments < 0:
-        raise ValueError(f"max_segments must be >= 0 or None, found {max_segments}")
-    if segments.dim() != 3 or segments.shape[-1] != 2 or segments.shape[:2] != scores.shape:
-        raise ValueError(
-            f"expected segments (B, M, 2) and scores (B, M), found "
-            f"{tuple(segments.shape)} and {tuple(scores.shape)}"
-        )
-    B, M = scores.shape
-    S = M if max_segments is None else min(max_segments, M)
-    neg_inf = -math.inf
-    # A removed proposal holds -inf: one tensor carries both scores and liveness.
-    keep = scores >= min_score
-    if valid is not None:
-        keep &= valid.bool()
-    cur = torch.where(keep, scores, neg_inf)
-    starts, ends = segments[..., 0], segments[..., 1]
-    lengths = ends - starts
-    tiny = torch.finfo(segments.dtype).tiny
-    index = torch.zeros(B, S, dtype=torch.long, device=scores.device)
-    kept_score = torch.full((B, S), neg_inf, dtype=scores.dtype, device=scores.device)
-    check_every = 1 if scores.device.type == "cpu" else 16
-    for j in range(S):
-        # argmax returns the first maximum: ties go to the lower index. (Not
-        # max(dim=1): on CPU, for 2-7 rows it takes a threaded path that costs ms
-        # when the cores are busy.)
-        best = cur.argmax(dim=1, keepdim=True)
-        value = cur.gather(1, best)
-        if (j + 1) % check_every == 0 and bool(torch.isneginf(value).all()):
-            break  # every video is exhausted
-        index[:, j : j + 1] = best
-        kept_score[:, j : j + 1] = value
-        cur = cur.scatter(1, best, neg_inf)
-        # segment_iou against the picked segment, inlined to save kernel launches.
-        s, e = starts.gather(1, best), ends.gather(1, best)
-        inter = (torch.minimum(ends, e) - torch.maximum(starts, s)).clamp_(min=0)
-        iou = (inter / (lengths + (e - s) - inter).clamp_(min=tiny)).to(scores.dtype)
-        same = None if class_agnostic else labels == labels.gather(1, best)
-        if method == "gaussian":
-            # exp(-iou^2 / sigma) as a power of 2: on CPU, torch.exp of a few thousand
-            # elements goes through a multithreaded path that can be 1000x slower
-            # when the cores are busy (measured: 8 ms vs 3 us); exp2 does not.
-            exponent = iou.square_().mul_(-1.0 / (sigma * math.log(2.0)))
-            if same is not None:
-                exponent = exponent.masked_fill_(~same, 0.0)
-            cur = cur * exponent.exp2_()
-        else:
-            hit = iou >= iou_threshold
-            if same is not None:
-                hit &= same
-            if method == "linear":
-                cur = cur * (1.0 - iou * hit)
-            else:
-                cur = cur.masked_fill(hit, neg_inf)
-        # Drop what fell under min_score. Also turns -inf * 0 = NaN back into -inf,
-        # since NaN >= min_score is False.
-        cur = torch.where(cur >= min_score, cur, neg_inf)
-    return index, kept_score, kept_score > neg_inf
-
-
-def soft_nms(
-    segments: Tensor,
-    scores: Tensor,
-    labels: Tensor,
-    *,
-    method: str = "gaussian",
-    sigma: float = 0.5,
-    iou_threshold: float = 0.5,
-    min_score: float = 0.001,
-    max_segments: int | None = 200,
-    class_agnostic: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Soft-NMS of one video: segments (M, 2), scores (M,), labels (M,).
-
-    Returns the kept ``(segments, scores, labels)`` sorted by score descending, the
-    scores being the decayed ones. Semantics:
-
-    1. proposals with ``score < min_score`` are dropped at the start;
-    2. pick the highest remaining score (ties: lower original index first) and keep
-       it;
-    3. decay the remaining proposals with the picked one's label (every remaining
-       proposal if ``class_agnostic``), ``iou`` being :func:`segment_iou` with the
-       picked one: ``gaussian``: ``score *= exp(-iou**2 / sigma)``; ``linear``:
-       ``score *= 1 - iou`` if ``iou >= iou_threshold``; ``hard``: removed if
-       ``iou >= iou_threshold``;
-    4. drop the remaining proposals whose score is now below ``min_score``;
-    5. repeat from 2 until nothing remains or ``max_segments`` are kept.
-
-    Scores only decrease, so the picked scores come out non-increasing. Cost
-    O(max_segments * M) time, O(M) memory; see :func:`batched_soft_nms`.
-    """
-    index, kept_score, kept = batched_soft_nms(
-        segments.unsqueeze(0),
-        scores.unsqueeze(0),
-        labels.unsqueeze(0),
-        method=method,
-        sigma=sigma,
-        iou_threshold=iou_threshold,
-        min_score=min_score,
-        max_segments=max_segments,
-        class_agnostic=class_agnostic,
-    )
-    index = index[0][kept[0]]
-    return segments[index], kept_score[0][kept[0]], labels[index]
 
 
 def _float(x: Tensor) -> Tensor:
