@@ -110,3 +110,34 @@ def test_the_metric_labels_detections_per_video_and_counts_each_video_once():
     assert ours == pytest.approx(1 / 3 + 1 / 30)
     # theirs: 0.5 and 0.9 share [.5, 1): mean conf 0.6333, accuracy 1/3, gap 0.3
     assert float(theirs) == pytest.approx(0.3, abs=1e-6)
+
+
+def test_the_metric_labels_as_per_video_matching_does():
+    """One matching over every video (in compute) labels each detection as the per-video
+    `true_positive_flags` does, equal scores included."""
+    from salad_lightning.metrics.detection_calibration import DetectionCalibrationError
+
+    rng = np.random.default_rng(4)
+    preds, targets, expected = [], [], []
+    for v in range(12):
+        n, m = int(rng.integers(0, 6)), int(rng.integers(0, 25))
+        gs = np.sort(rng.uniform(0, 60, (n, 2)), axis=1)
+        gl = rng.integers(0, 3, n)
+        ps = np.sort(rng.uniform(0, 60, (m, 2)), axis=1)
+        ps[: min(m, n)] = gs[: min(m, n)] + rng.normal(0, 1, (min(m, n), 2))
+        ps.sort(axis=1)
+        pl = rng.integers(0, 3, m)
+        sc = rng.integers(1, 5, m) / 5  # many equal scores
+        preds.append({"video_id": f"v{v}", "segments": ps, "scores": sc, "labels": pl})
+        targets.append({"video_id": f"v{v}", "segments": gs, "labels": gl})
+        expected.append((sc, true_positive_flags(ps, sc, pl, gs, gl, tiou=0.5)))
+    metric = DetectionCalibrationError(n_bins=5)
+    metric.update(preds[:5], targets[:5])
+    metric.update(preds[5:], targets[5:])
+    out = metric.compute()
+    conf = np.concatenate([c for c, _ in expected])
+    flags = np.concatenate([f for _, f in expected])
+    assert flags.any() and not flags.all()
+    got = sorted(zip(out["confidences"].tolist(), out["correct"].tolist()))
+    assert got == sorted(zip(conf.tolist(), flags.tolist()))
+    assert float(out["ece"]) == pytest.approx(expected_calibration_error(conf, flags, 5), abs=1e-12)

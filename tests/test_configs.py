@@ -98,3 +98,17 @@ def test_logger_configs_instantiate(tmp_path, logger):
     assert [type(lg).__name__ for lg in loggers] == [
         {"csv": "CSVLogger", "tensorboard": "TensorBoardLogger"}[logger]
     ]
+
+
+@pytest.mark.parametrize("name", ["thumos14", "activitynet"])
+def test_diagnosis_configs_are_detads_presets(tmp_path, name):
+    """conf/diagnosis/*.yaml (the run's keys) and PRESETS (the command's) say the same."""
+    from salad_lightning.metrics.diagnosis import PRESETS, Bins
+
+    cfg = compose_cfg(tmp_path, [f"diagnosis={name}"], tiny=False)
+    preset = PRESETS[name]
+    assert tuple(cfg.diagnosis.tiou_thresholds) == pytest.approx(preset["tiou_thresholds"])
+    for key in ("length_bins", "coverage_bins", "instance_bins"):
+        assert Bins(**cfg.diagnosis[key]) == preset[key], key
+    dataset = {"thumos14": "thumos", "activitynet": "anet"}[name]
+    assert compose_cfg(tmp_path, [f"dataset={dataset}"], tiny=False).diagnosis == cfg.diagnosis

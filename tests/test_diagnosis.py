@@ -152,6 +152,16 @@ def test_false_negative_needs_precision_above_five_percent(false_positives, fn_r
     assert d.sensitivity["length"][2] == pytest.approx(1 / (1 + false_positives))
 
 
+def test_ground_truths_that_end_before_they_start_are_dropped_like_zero_length_ones():
+    # Video 0 (100 s): r0 [10, 20] kept, r1 [30, 25] (length -5) dropped; the video still
+    # counts 2 instances. p1 [40, 30] ends before it starts: tIoU 0 with r0, background.
+    gts = [(0, 10, 20, 0), (0, 30, 25, 0)]
+    preds = [(0, 10, 20, 0, 0.9), (0, 40, 30, 0, 0.5)]
+    d = run(preds, gts, [100], **THUMOS)
+    assert (d.num_ground_truths, d.num_dropped_ground_truths) == (1, 1)
+    assert d.prediction_type.tolist() == [[0, 5]]
+
+
 def test_zero_length_and_overlong_ground_truths_are_dropped():
     # Video 0 (100 s): r0 [10, 20] kept, r1 [5, 5] zero length, r2 [0, 120] longer than
     # the video (coverage 1.2). The video still counts 3 instances (as DETAD's data
@@ -224,7 +234,7 @@ def test_write_diagnosis(tmp_path):
         ({"gt_video": np.array([3])}, r"indices into video_duration \(0..1\), found 3..3"),
         ({"video_duration": np.array([0.0, 10.0])}, "positive duration .* found 0.0 for video 0"),
         ({"pred_scores": np.array([np.nan])}, "pred_scores: expected 1 finite"),
-        ({"gt_segments": np.array([[5.0, 1.0]])}, "end >= start"),
+        ({"gt_segments": np.array([[5.0, np.inf]])}, "gt_segments: expected finite"),
         ({"tiou_thresholds": (0.0,)}, r"\(0, 1\]"),
         ({"limit_factor": 0}, "limit_factor: expected a positive integer, got 0"),
         ({"gt_labels": np.array([0.5])}, "gt_labels: expected integers"),

@@ -203,3 +203,47 @@ def test_subprocess_prints_exactly_one_json_object_without_torch(files):
         [sys.executable, "-m", "salad_lightning.evaluate", *argv], capture_output=True, text=True
     )
     assert proc.returncode == 0 and json.loads(proc.stdout) == result
+
+
+def test_diagnose_writes_detads_analyses_without_torch(files, tmp_path):
+    """--diagnose: diagnosis.json (DETAD's schema) and three figures, equal to `diagnose`
+    on the same rows (videos in key order), from a process where torch cannot load."""
+    import numpy as np
+
+    from salad_lightning.metrics.diagnosis import PRESETS, diagnose
+    from salad_lightning.metrics.functional import video_key
+
+    gt = json.loads(json.dumps(GROUND_TRUTH))
+    for i, video in enumerate(gt["database"].values()):
+        video["duration"] = 40.0 + 10 * i
+    argv = [*files(gt=gt), "--subset", "Test", "--diagnose", str(tmp_path / "diag")]
+    code = (
+        "import runpy, sys; sys.argv = ['evaluate'] + sys.argv[1:]; "
+        "sys.modules['torch'] = None; "
+        "runpy.run_module('salad_lightning.evaluate', run_name='__main__')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "DETAD diagnosis (thumos14 defaults, tIoU [0.5])" in proc.stdout
+    written = json.loads((tmp_path / "diag" / "diagnosis.json").read_text())
+    for name in ("false_positive_analysis", "sensitivity_analysis", "false_negative_analysis"):
+        assert (tmp_path / "diag" / f"{name}.png").stat().st_size > 10_000
+
+    videos = sorted(("a", "b", "c"), key=video_key)  # the Test subset, in key order
+    index = {v: i for i, v in enumerate(videos)}
+    labels = {"Jump": 0, "Run": 1, "Dance": 2}
+    gt_rows = [(v, a) for v in videos for a in gt["database"][v]["annotations"]]
+    preds = [(v, p) for v in videos for p in PREDICTIONS["results"].get(v, [])]
+    expected = diagnose(
+        pred_video=np.array([index[v] for v, _ in preds]),
+        pred_segments=np.array([p["segment"] for _, p in preds], dtype=float),
+        pred_scores=np.array([p["score"] for _, p in preds]),
+        pred_labels=np.array([labels[p["label"]] for _, p in preds]),
+        gt_video=np.array([index[v] for v, _ in gt_rows]),
+        gt_segments=np.array([a["segment"] for _, a in gt_rows], dtype=float),
+        gt_labels=np.array([labels[a["label"]] for _, a in gt_rows]),
+        video_duration=np.array([gt["database"][v]["duration"] for v in videos]),
+        **PRESETS["thumos14"],
+    )
+    assert written == json.loads(json.dumps(expected.to_json()))
+    assert written["false_positive_profile"]["1G"]["true_positive"] > 0

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from salad_lightning import plots, reporting
+from salad_lightning import plots
 from salad_lightning.metrics.diagnosis import PRESETS, diagnose
 
 
@@ -88,10 +88,10 @@ def test_equal_aps_prefer_the_video_with_more_ground_truths():
     ]
 
 
-def test_write_plots_through_reporting(tmp_path):
+def test_write_plots(tmp_path):
     conf = np.linspace(0.01, 0.99, 400)
     correct = np.random.default_rng(0).random(400) < conf
-    images = reporting.write_plots(OUTPUTS, ["Jump"], conf, correct, tmp_path, num_timelines=3)
+    images = plots.write_plots(OUTPUTS, ["Jump"], conf, correct, tmp_path, num_timelines=3)
     assert list(images) == [
         "timeline/full",
         "timeline/half",
@@ -103,7 +103,7 @@ def test_write_plots_through_reporting(tmp_path):
         width, height = png_size(path)
         assert 400 <= width <= 2000 and 300 <= height <= 2000, (key, width, height)
     assert images["timeline/half"].name == "timeline_half.png"
-    assert reporting.write_plots(OUTPUTS, [], None, None, tmp_path / "x", num_timelines=0) == {}
+    assert plots.write_plots(OUTPUTS, [], None, None, tmp_path / "x", num_timelines=0) == {}
 
 
 def test_crowded_timeline_wraps_into_rows(tmp_path):

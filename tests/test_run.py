@@ -63,8 +63,29 @@ def test_train_writes_the_run_folder(tmp_path, capsys):
     )
     assert rc in (0, None)
     ours = json.loads(capsys.readouterr().out)
-    assert ours["average_mAP"] == pytest.approx(metrics["test/mAP"], abs=1e-6)
-    assert ours["mAP"][2] == pytest.approx(metrics["test/mAP@0.5"], abs=1e-6)
+    assert ours["average_mAP"] == pytest.approx(metrics["test/mAP"], abs=1e-9)
+    assert ours["mAP"][2] == pytest.approx(metrics["test/mAP@0.5"], abs=1e-9)
+
+    # DETAD's diagnosis of the test split, as the command computes it on results.json
+    diag = json.loads((out / "diagnosis" / "diagnosis.json").read_text())
+    assert set(diag) == {
+        "tiou_thresholds",
+        "average_mAP_N",
+        "false_positive_profile",
+        "removed_error_gain",
+        "sensitivity",
+        "false_negative_rate",
+    }
+    assert diag["tiou_thresholds"] == [0.5]  # THUMOS14's preset (conf/diagnosis/thumos14.yaml)
+    for name in ("false_positive_analysis", "sensitivity_analysis", "false_negative_analysis"):
+        assert (out / "diagnosis" / f"{name}.png").stat().st_size > 10_000
+    again = tmp_path / "diag_cli"
+    evaluate.main(
+        ["--ground-truth", str(gt), "--predictions", str(out / "results.json"),
+         "--subset", "test", "--json", "--diagnose", str(again)]
+    )  # fmt: skip
+    capsys.readouterr()
+    assert json.loads((again / "diagnosis.json").read_text()) == diag
 
 
 def test_predict_one_npy_writes_results_json(tmp_path):
@@ -154,9 +175,24 @@ def test_wandb_offline_files_hold_metrics_and_images(tmp_path, monkeypatch):
     ):
         assert key.encode() in log, key
     assert b"lambda1" in log  # the config went along
+    # named and tagged by what the run is, so a dashboard groups ablations by itself
+    assert b"synthetic_tiny-salad-seed0" in log
+    assert b"ablation:salad" in log and b"dataset:synthetic_tiny" in log
     pngs = list((runs[0] / "files" / "media" / "images").rglob("*.png"))
     assert any("reliability" in str(p) for p in pngs), pngs
     assert any("timeline" in str(p) for p in pngs), pngs
+    for name in ("false_positive_analysis", "sensitivity_analysis", "false_negative_analysis"):
+        assert any(name in str(p) for p in pngs), (name, pngs)
+    assert b"test/diagnosis/average_mAP_N" in log and b"test/diagnosis/fp_1G/true_positive" in log
+    # the per-class AP as a W&B table: one row per class with ground truth in the test split
+    tables = list((runs[0] / "files" / "media" / "table").rglob("per_class_ap*.table.json"))
+    assert len(tables) == 1, tables
+    table = json.loads(tables[0].read_text())
+    summary = json.loads((out / "metrics.json").read_text())
+    assert table["columns"] == ["class", "AP@0.3", "AP@0.4", "AP@0.5", "AP@0.6", "AP@0.7", "mean"]
+    assert [row[0] for row in table["data"]] == sorted(summary["per_class_ap"])
+    first = sorted(summary["per_class_ap"])[0]
+    assert table["data"][0][1:6] == pytest.approx(summary["per_class_ap"][first])
 
 
 def test_a_mistyped_key_fails_with_hydras_message(tmp_path):

@@ -2,6 +2,7 @@
 
     python -m salad_lightning.evaluate --ground-truth GT.json --predictions PRED.json \
         [--subset NAME] [--tiou 0.3 0.4 0.5 0.6 0.7] [--json] [--ignore-unknown-labels]
+        [--diagnose OUT_DIR [--diagnose-preset thumos14|activitynet]]
 
 Reads the official formats (docs/method.md §1): ground truth ``{"database": {video_id:
 {"subset", "annotations": [{"label", "segment"}]}}, "taxonomy"?}``, predictions
@@ -114,7 +115,8 @@ def _ground_truth(path: str, subset: str | None):
         raise InputError(
             f"{path}: no ground-truth annotation in subset(s) {sorted(map(str, chosen))}"
         )
-    return [v.video_id for v in videos], rows, classes, set(names)
+    durations = [v.duration for v in videos]
+    return [v.video_id for v in videos], rows, classes, set(names), durations
 
 
 def _bad_prediction(path: str, results: dict[str, Any], video_index: dict[str, int]) -> InputError:
@@ -180,16 +182,34 @@ def evaluate_files(
     subset: str | None = None,
     tiou_thresholds: Sequence[float] = DEFAULT_TIOU,
     ignore_unknown_labels: bool = False,
+    diagnose_dir: str | None = None,
+    diagnose_preset: str = "thumos14",
 ) -> tuple[dict[str, Any], list[str]]:
-    """(result object as printed by ``--json``, notes for the user)."""
+    """(result object as printed by ``--json``, notes for the user). With ``diagnose_dir``,
+    DETAD's diagnosis (``metrics/diagnosis.py``, the ``diagnose_preset`` defaults) is
+    written there too."""
     with _no_gc():
         return _evaluate_files(
-            ground_truth, predictions, subset, tiou_thresholds, ignore_unknown_labels
+            ground_truth,
+            predictions,
+            subset,
+            tiou_thresholds,
+            ignore_unknown_labels,
+            diagnose_dir,
+            diagnose_preset,
         )
 
 
-def _evaluate_files(ground_truth, predictions, subset, tiou_thresholds, ignore_unknown_labels):
-    videos, gt_rows, classes, known = _ground_truth(ground_truth, subset)
+def _evaluate_files(
+    ground_truth,
+    predictions,
+    subset,
+    tiou_thresholds,
+    ignore_unknown_labels,
+    diagnose_dir=None,
+    diagnose_preset="thumos14",
+):
+    videos, gt_rows, classes, known, durations = _ground_truth(ground_truth, subset)
     # Videos are indexed in the order of their key, so equal scores are broken
     # exactly as the torchmetrics metric breaks them.
     keys = np.array([video_key(v) for v in videos], dtype=np.int64)
@@ -225,16 +245,31 @@ def _evaluate_files(ground_truth, predictions, subset, tiou_thresholds, ignore_u
             "(the official code would count them as false positives)"
         )
 
+    pred_label = np.fromiter(map(label_index.__getitem__, labels), dtype=np.int64, count=n)
+    gt_video = np.array([video_index[r[0]] for r in gt_rows], dtype=np.int64)
+    gt_seg = np.array([r[2:] for r in gt_rows], dtype=np.float64)
+    gt_label = np.array([label_index[r[1]] for r in gt_rows], dtype=np.int64)
     result = evaluate_detections(
         pred_video,
         seg,
         score,
-        np.fromiter(map(label_index.__getitem__, labels), dtype=np.int64, count=n),
-        np.array([video_index[r[0]] for r in gt_rows], dtype=np.int64),
-        np.array([r[2:] for r in gt_rows], dtype=np.float64),
-        np.array([label_index[r[1]] for r in gt_rows], dtype=np.int64),
+        pred_label,
+        gt_video,
+        gt_seg,
+        gt_label,
         tiou_thresholds=tiou_thresholds,
     )
+    if diagnose_dir is not None:
+        duration = np.empty(len(videos))
+        duration[[video_index[v] for v in videos]] = durations
+        notes.append(
+            _diagnose(
+                (pred_video, seg, score, pred_label, gt_video, gt_seg, gt_label, duration),
+                diagnose_dir,
+                diagnose_preset,
+                ground_truth,
+            )
+        )
     summary = {
         "tiou_thresholds": [float(t) for t in result.tiou_thresholds],
         "mAP": [float(v) for v in result.mAP],
@@ -260,6 +295,23 @@ def _evaluate_files(ground_truth, predictions, subset, tiou_thresholds, ignore_u
         f"{n} predictions evaluated",
     )
     return summary, notes
+
+
+def _diagnose(rows, out_dir: str, preset: str, ground_truth: str) -> str:
+    """DETAD's diagnosis of the rows written to ``out_dir``; the note that says where."""
+    from salad_lightning.metrics.diagnosis import PRESETS, diagnose, write_diagnosis
+
+    names = ("pred_video", "pred_segments", "pred_scores", "pred_labels")
+    names += ("gt_video", "gt_segments", "gt_labels", "video_duration")
+    try:
+        diagnosis = diagnose(**dict(zip(names, rows)), **PRESETS[preset])
+    except ValueError as err:
+        raise InputError(f"{ground_truth}: cannot diagnose: {err}") from err
+    paths = write_diagnosis(diagnosis, out_dir)
+    return (
+        f"DETAD diagnosis ({preset} defaults, tIoU {[float(t) for t in diagnosis.tiou_thresholds]}): "
+        f"average-mAP_N {100 * diagnosis.average_mAP_N:.2f}; {paths['diagnosis']} and 3 figures"
+    )
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -305,6 +357,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument(
+        "--diagnose",
+        metavar="OUT_DIR",
+        help="also write DETAD's error diagnosis there (diagnosis.json and three PNGs)",
+    )
+    parser.add_argument(
+        "--diagnose-preset",
+        choices=("thumos14", "activitynet"),
+        default="thumos14",
+        help="DETAD's defaults: thresholds and bins (default: thumos14)",
+    )
+    parser.add_argument(
         "--ignore-unknown-labels",
         action="store_true",
         help="count predictions whose label the ground truth lacks as false positives instead of failing",
@@ -312,7 +375,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         summary, notes = evaluate_files(
-            args.ground_truth, args.predictions, args.subset, args.tiou, args.ignore_unknown_labels
+            args.ground_truth,
+            args.predictions,
+            args.subset,
+            args.tiou,
+            args.ignore_unknown_labels,
+            args.diagnose,
+            args.diagnose_preset,
         )
     except InputError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)

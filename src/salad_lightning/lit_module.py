@@ -244,7 +244,9 @@ class SaladLitModule(pl.LightningModule):
     def _evaluate_batch(self, batch: Batch, metrics: MetricCollection) -> list[dict[str, Any]]:
         preds, targets = self._predict_batch(batch), self._targets(batch)
         metrics.update(preds, targets)
-        return [{**p, "gt": t} for p, t in zip(preds, targets)]
+        return [
+            {**p, "gt": t, "duration": m["duration"]} for p, t, m in zip(preds, targets, batch.meta)
+        ]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate_batch(batch, self.val_metrics)

@@ -23,10 +23,17 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from salad_lightning import reporting
 from salad_lightning.data.report import format_report
 from salad_lightning.losses import frozen
+from salad_lightning.metrics.diagnosis import Bins, diagnose_videos, write_diagnosis
+from salad_lightning.plots import write_plots
 from salad_lightning.utils.distributed import gather_videos
 from salad_lightning.utils.instantiate import build, build_list
 from salad_lightning.utils.io import atomic_write_json, atomic_write_text
-from salad_lightning.utils.loggers import closing_loggers, log_images
+from salad_lightning.utils.loggers import (
+    closing_loggers,
+    log_images,
+    log_metrics,
+    log_per_class_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +97,10 @@ def _preflight(datamodule: Any, stages: list[str], out_dir: Path) -> dict[str, A
     return report
 
 
-def _finish_test(model: Any, trainer: pl.Trainer, loggers: list[Any], out_dir: Path, cfg) -> dict:
-    """Write results.json, tables and plots of the test epoch; print the table."""
+def _finish_test(
+    model: Any, trainer: pl.Trainer, loggers: list[Any], out_dir: Path, cfg, dm
+) -> dict:
+    """Write results.json, tables, plots and the diagnosis of the test epoch; print the table."""
     evaluation = model.evaluation
     names = model.class_names or []
     summary = reporting.summarise(evaluation, names)
@@ -100,7 +109,7 @@ def _finish_test(model: Any, trainer: pl.Trainer, loggers: list[Any], out_dir: P
             out_dir / "results.json", reporting.results_json(evaluation.detections, names)
         )
         atomic_write_text(out_dir / "per_class_ap.md", reporting.per_class_markdown(summary))
-        images = reporting.write_plots(
+        images = write_plots(
             evaluation.detections,
             names,
             evaluation.confidences,
@@ -109,9 +118,37 @@ def _finish_test(model: Any, trainer: pl.Trainer, loggers: list[Any], out_dir: P
             num_timelines=int(cfg.get("num_timeline_plots", 4)),
             n_bins=evaluation.n_bins,
         )
+        diagnosis = _diagnose(cfg.get("diagnosis"), evaluation, dm, out_dir / "diagnosis")
+        if diagnosis is not None:
+            images.update(
+                {f"diagnosis/{k}": p for k, p in diagnosis[1].items() if k != "diagnosis"}
+            )
+            log_metrics(loggers, reporting.diagnosis_scalars(diagnosis[0], evaluation.split))
         log_images(loggers, images)
+        log_per_class_table(loggers, f"{evaluation.split}/per_class_ap", summary)
         print(reporting.map_table(summary))
     return summary
+
+
+def _diagnose(node, evaluation, dm, out_dir: Path):
+    """DETAD's diagnosis of the test detections (the videos without features included,
+    as in the mAP), with the dataset's diagnosis settings; None when turned off or when
+    the split has no ground truth to diagnose."""
+    if node is None or not node.get("enabled", True):
+        return None
+    options = {
+        "tiou_thresholds": tuple(float(t) for t in node.tiou_thresholds),
+        **{k: Bins(**node[k]) for k in ("length_bins", "coverage_bins", "instance_bins")},
+    }
+    unloaded = dm.unloaded_targets(evaluation.split) if hasattr(dm, "unloaded_targets") else []
+    videos = evaluation.detections + [
+        {"video_id": t["video_id"], "duration": t["duration"], "gt": t} for t in unloaded
+    ]
+    diagnosis = diagnose_videos(videos, **options)
+    if diagnosis is None:
+        log.info("diagnosis: no ground truth of positive length in the split; skipped")
+        return None
+    return diagnosis, write_diagnosis(diagnosis, out_dir)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -129,7 +166,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if testing:
             ckpt = _last_checkpoint(trainer)
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
-            summary = _finish_test(model, trainer, loggers, out_dir, cfg)
+            summary = _finish_test(model, trainer, loggers, out_dir, cfg, datamodule)
         summary["val"] = val
         if trainer.is_global_zero:
             atomic_write_json(out_dir / "metrics.json", summary)
@@ -159,7 +196,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     with _session(cfg) as (datamodule, model, trainer, loggers, out_dir):
         _preflight(datamodule, ["test"], out_dir)
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
-        summary = _finish_test(model, trainer, loggers, out_dir, cfg)
+        summary = _finish_test(model, trainer, loggers, out_dir, cfg, datamodule)
         if trainer.is_global_zero:
             atomic_write_json(out_dir / "metrics.json", summary)
         return summary

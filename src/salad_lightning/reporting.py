@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from salad_lightning.metrics.evaluation import Evaluation
-from salad_lightning.plots import write_plots  # noqa: F401  (moved there; kept importable)
 
 
 def summarise(evaluation: Evaluation, class_names: Sequence[str | None]) -> dict[str, Any]:
@@ -87,3 +86,17 @@ def results_json(outputs: Sequence[dict[str, Any]], class_names: Sequence[str]) 
             if (name := _class_name(class_names, lab)) is not None
         ]
     return {"version": "salad-lightning", "results": results, "external_data": {}}
+
+
+def diagnosis_scalars(diagnosis, split: str) -> dict[str, float]:
+    """The diagnosis' numbers as flat ``split/diagnosis/...`` scalars for the dashboards
+    (NaN for empty bins and groups)."""
+    doc = diagnosis.to_json()
+    out = {f"{split}/diagnosis/average_mAP_N": doc["average_mAP_N"]}
+    for group, shares in doc["false_positive_profile"].items():
+        out.update({f"{split}/diagnosis/fp_{group}/{k}": v for k, v in shares.items()})
+    out.update({f"{split}/diagnosis/gain/{k}": v for k, v in doc["removed_error_gain"].items()})
+    for part in ("sensitivity", "false_negative_rate"):
+        for name, bins in doc[part].items():
+            out.update({f"{split}/diagnosis/{part}/{name}/{b}": v for b, v in bins.items()})
+    return {k: math.nan if v is None else float(v) for k, v in out.items()}

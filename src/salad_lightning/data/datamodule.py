@@ -308,7 +308,12 @@ class SaladDataModule(pl.LightningDataModule):
             return []
         gone = set(getattr(self.datasets[split], "missing", []))
         return [
-            {"video_id": v.video_id, "segments": v.raw_segments, "labels": v.raw_labels}
+            {
+                "video_id": v.video_id,
+                "segments": v.raw_segments,
+                "labels": v.raw_labels,
+                "duration": v.duration,
+            }
             for v in self._split_records[split][1]
             if v.video_id in gone
         ]

@@ -1,8 +1,8 @@
 """`DetectionCalibrationError`: calibration of the detection scores as a torchmetrics metric.
 
 The label of a detection is "true positive at ``tiou`` under the official greedy
-matching" (:func:`~salad_lightning.metrics.calibration.true_positive_flags`, per
-video); the error is the ECE of :mod:`salad_lightning.metrics.calibration` (equal-width
+matching", computed once for every video in `compute` (the evaluator's
+``match_predictions``, keyed by video: it matches within each video); the error is the ECE of :mod:`salad_lightning.metrics.calibration` (equal-width
 bins, each ``(lower, upper]``, 0 in the first). torchmetrics' own
 ``BinaryCalibrationError`` bins ``[lower, upper)`` and needs the labels computed
 outside, so it is not used (``tests/test_calibration.py`` shows where the two differ).
@@ -25,11 +25,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from salad_lightning.metrics.calibration import (
-    expected_calibration_error,
-    true_positive_flags,
-)
-from salad_lightning.metrics.functional import video_key
+from salad_lightning.metrics.calibration import expected_calibration_error
+from salad_lightning.metrics.functional import match_predictions, video_key
 from salad_lightning.metrics.tad_map import first_copies, source_id
 
 __all__ = ["DetectionCalibrationError"]
@@ -39,8 +36,13 @@ _STATES = {
     "video_sources": torch.int64,
     "det_keys": torch.int64,
     "det_sources": torch.int64,
+    "det_segments": torch.float64,  # flattened (M * 2,)
     "scores": torch.float64,
-    "correct": torch.int64,
+    "det_labels": torch.int64,
+    "gt_keys": torch.int64,
+    "gt_sources": torch.int64,
+    "gt_segments": torch.float64,
+    "gt_labels": torch.int64,
 }
 
 
@@ -78,26 +80,24 @@ class DetectionCalibrationError(Metric):
 
     def update(self, preds: Sequence[dict[str, Any]], target: Sequence[dict[str, Any]]) -> None:
         """One dict per video in each list: ``segments``, ``scores``, ``labels`` (and the
-        ground truth's ``segments``, ``labels``), ``video_id`` in both."""
+        ground truth's ``segments``, ``labels``), ``video_id`` in both. The rows are only
+        stored: the matching runs once, over every video, in `compute`."""
         batch: dict[str, list[np.ndarray]] = {name: [] for name in _STATES}
         for p, t in zip(preds, target, strict=True):
-            scores = _numpy(p["scores"], np.float64).reshape(-1)
-            tp = true_positive_flags(
-                _numpy(p["segments"], np.float64).reshape(-1, 2),
-                scores,
-                _numpy(p["labels"], np.int64).reshape(-1),
-                _numpy(t["segments"], np.float64).reshape(-1, 2),
-                _numpy(t["labels"], np.int64).reshape(-1),
-                tiou=self.tiou,
-            )
             key, source = video_key(p["video_id"]), source_id(self._seen)
             self._seen += 1
+            scores = _numpy(p["scores"], np.float64).reshape(-1)
+            gt_labels = _numpy(t["labels"], np.int64).reshape(-1)
             batch["video_keys"].append(np.array([key]))
             batch["video_sources"].append(np.array([source]))
-            batch["det_keys"].append(np.full(len(scores), key))
-            batch["det_sources"].append(np.full(len(scores), source))
+            for prefix, n in (("det", len(scores)), ("gt", len(gt_labels))):
+                batch[f"{prefix}_keys"].append(np.full(n, key))
+                batch[f"{prefix}_sources"].append(np.full(n, source))
+            batch["det_segments"].append(_numpy(p["segments"], np.float64).reshape(-1))
             batch["scores"].append(scores)
-            batch["correct"].append(tp.astype(np.int64))
+            batch["det_labels"].append(_numpy(p["labels"], np.int64).reshape(-1))
+            batch["gt_segments"].append(_numpy(t["segments"], np.float64).reshape(-1))
+            batch["gt_labels"].append(gt_labels)
         for name, dtype in _STATES.items():
             parts = batch[name]
             value = np.concatenate(parts) if parts else np.zeros(0)
@@ -111,8 +111,22 @@ class DetectionCalibrationError(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         s = {name: self._state(name) for name in _STATES}
-        keep = first_copies(s["video_keys"], s["video_sources"], s["det_keys"], s["det_sources"])
-        conf, correct = s["scores"][keep], s["correct"][keep].astype(bool)
+        keep = {
+            x: first_copies(s["video_keys"], s["video_sources"], s[f"{x}_keys"], s[f"{x}_sources"])
+            for x in ("det", "gt")
+        }
+        d, g = keep["det"], keep["gt"]
+        conf = s["scores"][d]
+        correct = match_predictions(
+            s["det_keys"][d],
+            s["det_segments"].reshape(-1, 2)[d],
+            conf,
+            s["det_labels"][d],
+            s["gt_keys"][g],
+            s["gt_segments"].reshape(-1, 2)[g],
+            s["gt_labels"][g],
+            tiou_thresholds=[self.tiou],
+        )[0]
         ece = expected_calibration_error(conf, correct, n_bins=self.n_bins)
         return {
             "ece": torch.tensor(ece, dtype=torch.float64),

@@ -5,9 +5,10 @@ The analyses of Alwassel et al., "Diagnosing Error in Temporal Action Detectors"
 ``src/action_detector_diagnosis.py`` and the three ``*_analysis.py`` scripts).
 numpy only: the evaluation command imports it and must not pay for torch.
 
-Ground truth. Instances of zero length and instances longer than their video
-(coverage > 1) are dropped before anything else, as DETAD does when it loads the
-file. The classes are those of the remaining ground truth; predictions of any other
+Ground truth. Instances of zero length (or that end before they start: files are
+taken as published) and instances longer than their video (coverage > 1) are dropped
+before anything else, as DETAD does when it loads the file. A prediction that ends
+before it starts is typed by the official tIoU like any other. The classes are those of the remaining ground truth; predictions of any other
 class are ignored. G_j is the number of ground truths of class j and N = (number of
 ground truths) / (number of classes) (DETAD's Python 2 code floors this ratio; the
 paper's N is the plain average, used here).
@@ -77,6 +78,7 @@ __all__ = [
     "Bins",
     "Diagnosis",
     "diagnose",
+    "diagnose_videos",
     "write_diagnosis",
 ]
 
@@ -219,8 +221,8 @@ def _rows(name: str, video, segments, labels, n_videos: int, scores=None) -> lis
         )
     if n and not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{name}_labels: expected integers, got {labels.dtype}")
-    if not np.isfinite(segments).all() or (segments[:, 1] < segments[:, 0]).any():
-        raise ValueError(f"{name}_segments: expected finite [start, end] with end >= start")
+    if not np.isfinite(segments).all():
+        raise ValueError(f"{name}_segments: expected finite [start, end] values")
     out = [video.astype(np.int64), segments, labels.astype(np.int64)]
     if scores is not None:
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -324,6 +326,49 @@ def diagnose(
         prediction_type=prediction_type,
         num_ground_truths=int(len(gv)),
         num_dropped_ground_truths=int((~kept).sum()),
+    )
+
+
+def _flatten(parts: Sequence[tuple[int, dict[str, Any]]], scores: bool) -> list[np.ndarray]:
+    """Flat rows (video index, segments, labels[, scores]) of per-video dicts."""
+    video, segments, labels, score = [], [], [], []
+    for i, part in parts:
+        lab = np.asarray(part["labels"], dtype=np.int64).reshape(-1)
+        video.append(np.full(len(lab), i, dtype=np.int64))
+        segments.append(np.asarray(part["segments"], dtype=np.float64).reshape(-1, 2))
+        labels.append(lab)
+        if scores:
+            score.append(np.asarray(part["scores"], dtype=np.float64).reshape(-1))
+    out = [np.concatenate(video), np.concatenate(segments), np.concatenate(labels)]
+    return out + [np.concatenate(score)] if scores else out
+
+
+def diagnose_videos(videos: Sequence[dict[str, Any]], **kwargs: Any) -> Diagnosis | None:
+    """`diagnose` on per-video dicts: ``video_id``, ``duration``, ``gt`` (``segments``,
+    ``labels``) and, for a video with predictions, ``segments``, ``scores``, ``labels``.
+    Videos are indexed in the order of `video_key`, so equal scores rank as in the
+    evaluator. None when no ground truth of positive length is left to diagnose.
+    ``kwargs`` go to `diagnose` (a preset, for example)."""
+    from salad_lightning.metrics.functional import video_key
+
+    videos = sorted(videos, key=lambda v: video_key(str(v["video_id"])))
+    empty = {"segments": np.zeros((0, 2)), "labels": np.zeros(0), "scores": np.zeros(0)}
+    pv, ps, pl, score = _flatten(
+        [(i, v if "scores" in v else empty) for i, v in enumerate(videos)] or [(0, empty)], True
+    )
+    gv, gs, gl = _flatten([(i, v["gt"]) for i, v in enumerate(videos)] or [(0, empty)], False)
+    if not np.any(gs[:, 1] > gs[:, 0]):
+        return None
+    return diagnose(
+        pred_video=pv,
+        pred_segments=ps,
+        pred_scores=score,
+        pred_labels=pl,
+        gt_video=gv,
+        gt_segments=gs,
+        gt_labels=gl,
+        video_duration=np.array([float(v["duration"]) for v in videos]),
+        **kwargs,
     )
 
 

@@ -1,4 +1,4 @@
-"""Class-aware soft-NMS (SPEC §5): a NumPy version for the CPU, a torch loop for other devices.
+"""Class-aware soft-NMS (docs/method.md §5): a NumPy version for the CPU, a torch loop for other devices.
 
 Both give the result of the greedy loop that :func:`soft_nms` documents: pick the highest
 current score, decay the proposals it overlaps, repeat. :func:`batched_soft_nms` sends CPU

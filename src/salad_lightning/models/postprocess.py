@@ -1,4 +1,4 @@
-"""From network outputs to scored segments in seconds (SPEC §2, §5).
+"""From network outputs to scored segments in seconds (docs/method.md §2, §5).
 
 Everything here is plain torch, vectorised over the batch and the steps, and runs on
 whatever device the network outputs live on (soft-NMS, in ``models/nms.py``, runs in
@@ -76,7 +76,7 @@ def decode(
     offset: Tensor,
     duration: Tensor,
 ) -> Decoded:
-    """Turn per-step predictions into proposals in seconds (SPEC §5).
+    """Turn per-step predictions into proposals in seconds (docs/method.md §5).
 
     ``segments_idx`` (B, T, 2) index units, ``score`` (B, T) in [0, 1], ``cls_probs``
     (B, T, K+1) softmax output (column 0 background), ``frame_mask`` (B, T),

@@ -28,23 +28,26 @@ def make_wandb_logger(
     group: str | None = None,
     tags: list[str] | None = None,
     job_type: str = "train",
+    seed: int | None = None,
     **kwargs: Any,
 ):
-    """A ``WandbLogger`` that needs no API key: offline unless told otherwise."""
+    """A ``WandbLogger`` that needs no API key: offline unless told otherwise.
+
+    Name, group and tags default to what the run is (:func:`run_identity`): the experiment
+    (or dataset), the ablation and the seed, so that a dashboard can group and compare
+    ablations without hand work.
+    """
     from pytorch_lightning.loggers import WandbLogger
 
     mode = wandb_mode(mode)
-    auto_name, auto_group = _hydra_run_names()
-    name = name or auto_name
-    group = group or auto_group
-    os.environ.setdefault("WANDB_SILENT", "true")
+    auto_name, auto_group, auto_tags = run_identity(seed)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(
         project=project,
         save_dir=save_dir,
-        name=name,
-        group=group or None,
-        tags=list(tags or []),
+        name=name or auto_name,
+        group=group or auto_group,
+        tags=sorted({*(tags or []), *auto_tags}),
         job_type=job_type,
         mode=mode,
         offline=mode == "offline",
@@ -52,19 +55,37 @@ def make_wandb_logger(
     )
 
 
-def _hydra_run_names() -> tuple[str | None, str | None]:
-    """(run name, sweep group) from Hydra's runtime: one run per job, grouped by sweep."""
+def run_identity(seed: int | None = None) -> tuple[str | None, str | None, list[str]]:
+    """(name, group, tags) of this run from Hydra's choices.
+
+    Name ``<experiment or dataset>-<ablation>-seed<seed>``, plus the sweep's other
+    overrides in a multirun; group: the sweep folder in a multirun, else the experiment
+    or dataset; tags ``dataset:...``, ``experiment:...``, ``ablation:...``.
+    """
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         hc = HydraConfig.get()
     except (ImportError, ValueError):
-        return None, None
-    overrides = hc.job.override_dirname or "default"
+        return None, None, []
+    choices = dict(hc.runtime.choices)
+    dataset = choices.get("dataset") or "data"
+    experiment = choices.get("experiment")
+    ablation = choices.get("ablation") or "salad"
+    base = experiment or dataset
+    name = f"{base}-{ablation}" + (f"-seed{seed}" if seed is not None else "")
+    tags = [f"dataset:{dataset}", f"ablation:{ablation}"]
+    tags += [f"experiment:{experiment}"] if experiment else []
     if hc.mode == RunMode.MULTIRUN:
-        return f"job{hc.job.num}-{overrides}", Path(hc.sweep.dir).name
-    return overrides, None
+        others = [
+            o
+            for o in hc.overrides.task
+            if o.split("=", 1)[0].lstrip("+~") not in ("seed", "ablation")
+        ]
+        name += f"-{','.join(others)}" if others else ""
+        return name, Path(hc.sweep.dir).name, tags
+    return name, base, tags
 
 
 def log_images(loggers: list[Any], images: dict[str, Path]) -> None:
@@ -85,6 +106,25 @@ def log_images(loggers: list[Any], images: dict[str, Path]) -> None:
                 lg.experiment.add_image(key, img, dataformats="HWC")
 
 
+def log_metrics(loggers: list[Any], metrics: dict[str, float]) -> None:
+    """Scalars outside a Lightning loop (the diagnosis' numbers) to every logger."""
+    if metrics:
+        for lg in loggers:
+            lg.log_metrics(metrics)
+
+
+def log_per_class_table(loggers: list[Any], key: str, summary: dict[str, Any]) -> None:
+    """The per-class AP of an evaluation summary as a W&B table (class, AP at each tIoU,
+    mean); the other loggers have it in per_class_ap.md."""
+    columns = ["class", *[f"AP@{t:g}" for t in summary["tiou_thresholds"]], "mean"]
+    rows = [
+        [name, *aps, sum(aps) / len(aps)] for name, aps in sorted(summary["per_class_ap"].items())
+    ]
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger" and rows:
+            lg.log_table(key=key, columns=columns, data=rows)
+
+
 def close_loggers(loggers: list[Any], *, failed: bool = False) -> None:
     """Finish every logger; a W&B run is marked finished (or failed) even on errors."""
     for lg in loggers:
@@ -97,6 +137,9 @@ def close_loggers(loggers: list[Any], *, failed: bool = False) -> None:
 
             if wandb.run is not None:
                 wandb.finish(exit_code=1 if failed else 0)
+            # W&B writes its files from a service process; shutting it down waits until
+            # the run's offline log is complete on disk (else a job can end before it is)
+            wandb.teardown()
 
 
 @contextmanager
