@@ -146,6 +146,8 @@ class SaladLitModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["class_names"] = self.class_names
+        # the network's settings: test, predict and export rebuild it from these
+        checkpoint["net_config"] = dict(getattr(self.net, "config", {}))
         # the matching settings a later `mode=export_alpha` must reuse
         checkpoint["matching"] = {"mu": self.criterion.mu}
 
@@ -194,6 +196,8 @@ class SaladLitModule(pl.LightningModule):
             # tensors go as they are: read back only when a line is written
             logs = {k: v.detach() for k, v in logs.items()}
             self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch.size)
+            # the progress bar shows the loss (and, from the evaluation, the last val/mAP)
+            self.log("loss", logs["train/loss"], prog_bar=True, logger=False, batch_size=batch.size)
         return loss
 
     def on_train_start(self) -> None:
@@ -277,6 +281,8 @@ class SaladLitModule(pl.LightningModule):
         )
         # the metrics are already reduced across processes: every rank logs the same value
         self.log_dict({k: torch.tensor(v) for k, v in result.logs().items()}, sync_dist=False)
+        if split == "val":
+            self.log("val_mAP", torch.tensor(result.average_map), prog_bar=True, logger=False)
         self.evaluation = result
         return result
 

@@ -1,100 +1,58 @@
-"""The importable entry points behind ``python -m salad_lightning.run``.
+"""The importable entry points behind ``python -m salad_lightning.run``: one per mode.
 
-``train(cfg)`` fits then tests; ``test(cfg)`` and ``predict(cfg)`` load a
-checkpoint. Everything is built from the composed config through
-:func:`salad_lightning.utils.instantiate.build`; nothing below this module sees
-a config object.
+``train(cfg)`` fits (or resumes a run in its folder) then tests; ``test``, ``validate``,
+``predict`` and ``export_alpha`` load a checkpoint; ``check`` reports on the data. The
+objects of a run come from :mod:`salad_lightning.session`; nothing below these modules
+sees a config object.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig
 
 from salad_lightning import reporting
 from salad_lightning.data.report import format_report
 from salad_lightning.losses import frozen
 from salad_lightning.metrics.diagnosis import Bins, diagnose_videos, write_diagnosis
 from salad_lightning.plots import write_plots
-from salad_lightning.utils.distributed import gather_videos
-from salad_lightning.utils.instantiate import build, build_list
-from salad_lightning.utils.io import atomic_write_json, atomic_write_text
-from salad_lightning.utils.loggers import (
-    closing_loggers,
-    log_images,
-    log_metrics,
-    log_per_class_table,
+from salad_lightning.session import (
+    keep_csv_rows_before,
+    preflight,
+    prepare,
+    resume_checkpoint,
+    session,
 )
+from salad_lightning.utils.distributed import gather_videos
+from salad_lightning.utils.instantiate import build
+from salad_lightning.utils.io import atomic_write_json, atomic_write_text
+from salad_lightning.utils.loggers import log_images, log_metrics, log_per_class_table
 
 log = logging.getLogger(__name__)
 
 # Lightning notes that the module's own batch transfer wins over the datamodule's: that
-# is intended (only tensors travel, lit_module.py); the pytree note is Lightning's own.
+# is intended (only tensors travel, lit_module.py); the pytree note is Lightning's own;
+# the evaluation metrics are reduced across processes by torchmetrics, so logging them
+# without sync_dist is intended too.
 warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+warnings.filterwarnings("ignore", message=".*It is recommended to use `self.log\\(.*sync_dist=True")
 
 
-def _prepare(cfg: DictConfig) -> tuple[Any, Any, Path]:
-    """Seed, generate data if the dataset asks for it, build the datamodule and model."""
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(int(cfg.seed), workers=True)
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
-    if cfg.get("float32_matmul_precision"):
-        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-    if cfg.dataset.get("generate") is not None:
-        build(cfg.dataset.generate)
-    datamodule = build(cfg.dataset.datamodule)
-    model = build(cfg.model)
-    atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    return datamodule, model, out_dir
+class _DropLightningTips(logging.Filter):
+    """Lightning's advertisement for another logging service on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
 
 
-def _trainer(cfg: DictConfig, out_dir: Path) -> tuple[pl.Trainer, list[Any]]:
-    loggers = build_list(cfg.get("logger"))
-    callbacks = build_list(cfg.get("callbacks"))
-    trainer = build(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for lg in loggers:  # the whole resolved config goes to every dashboard
-        lg.log_hyperparams(resolved)
-    return trainer, loggers
-
-
-@contextmanager
-def _session(cfg: DictConfig) -> Iterator[tuple[Any, Any, pl.Trainer, list[Any], Path]]:
-    """Datamodule, model, trainer and loggers of one run; loggers closed however it ends."""
-    datamodule, model, out_dir = _prepare(cfg)
-    trainer, loggers = _trainer(cfg, out_dir)
-    with closing_loggers(loggers):
-        yield datamodule, model, trainer, loggers, out_dir
-
-
-def _preflight(datamodule: Any, stages: list[str], out_dir: Path) -> dict[str, Any]:
-    """Check every feature file the run will read, before it reads any (rank zero only:
-    the other processes of a DDP run wait for it at the first collective). Writes
-    ``data_report.json``; unusable files stop the run, named in the message."""
-    if rank_zero_only.rank != 0:
-        return {}
-    report, problems = datamodule.preflight_report(stages)
-    atomic_write_json(out_dir / "data_report.json", report)
-    if problems:
-        shown = "\n  ".join(p.message() for p in problems[:10])
-        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise ValueError(
-            f"{len(problems)} feature files cannot be used (all listed in "
-            f"{out_dir / 'data_report.json'}):\n  {shown}{more}"
-        )
-    return report
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLightningTips())
 
 
 def _finish_test(
@@ -126,7 +84,8 @@ def _finish_test(
             log_metrics(loggers, reporting.diagnosis_scalars(diagnosis[0], evaluation.split))
         log_images(loggers, images)
         log_per_class_table(loggers, f"{evaluation.split}/per_class_ap", summary)
-        print(reporting.map_table(summary))
+        # on the console and in the run's run.log
+        log.info("%s\nrun folder: %s", reporting.map_table(summary), out_dir.resolve())
     return summary
 
 
@@ -152,25 +111,46 @@ def _diagnose(node, evaluation, dm, out_dir: Path):
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit on the training split, then test the last checkpoint. Returns the test metrics."""
-    with _session(cfg) as (datamodule, model, trainer, loggers, out_dir):
+    """Fit on the training split (``resume=RUN``: continue RUN in its folder), then test
+    the last checkpoint. Returns the test metrics."""
+    ckpt = resume_checkpoint(cfg)
+    with session(cfg, ckpt=ckpt, fitting=True) as (datamodule, model, trainer, loggers, out_dir):
         model.check_trainer(trainer)
+        _warn_if_only_classification(cfg)
         testing = cfg.get("test_after_training", True) and datamodule.hparams.test_subset
-        _preflight(datamodule, ["fit", "test"] if testing else ["fit"], out_dir)
+        preflight(datamodule, ["fit", "test"] if testing else ["fit"], out_dir)
         atomic_write_json(
             out_dir / "class_index.json", {"names": list(datamodule.class_index.names)}
         )
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if cfg.get("resume") and trainer.is_global_zero:
+            step = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+            keep_csv_rows_before(out_dir / "csv", int(step.get("global_step", 0)))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
         summary: dict[str, Any] = {}
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if testing:
-            ckpt = _last_checkpoint(trainer)
-            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+            last = _last_checkpoint(trainer)
+            trainer.test(model, datamodule=datamodule, ckpt_path=last, verbose=False)
             summary = _finish_test(model, trainer, loggers, out_dir, cfg, datamodule)
         summary["val"] = val
         if trainer.is_global_zero:
             atomic_write_json(out_dir / "metrics.json", summary)
         return summary
+
+
+def _warn_if_only_classification(cfg: DictConfig) -> None:
+    """Every epoch inside ``model.cls_pretrain_epochs`` trains the classification head
+    alone: a run that never leaves them trains neither the regression nor the
+    self-assessment (a sweep over λ1 or µ would give identical jobs)."""
+    pretrain, epochs = int(cfg.model.get("cls_pretrain_epochs", 0)), int(cfg.trainer.max_epochs)
+    if pretrain and epochs <= pretrain:
+        warnings.warn(
+            f"trainer.max_epochs={epochs} <= model.cls_pretrain_epochs={pretrain}: every epoch "
+            "trains the classification head alone (the paper's pre-training, §4.2); the "
+            "regression and self-assessment heads, λ1 and µ do nothing in this run. Raise "
+            f"trainer.max_epochs above {pretrain} or set model.cls_pretrain_epochs=0",
+            stacklevel=2,
+        )
 
 
 def _last_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -193,9 +173,9 @@ def _require_ckpt(cfg: DictConfig, mode: str) -> str:
 def test(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate a checkpoint on the test split."""
     ckpt = _require_ckpt(cfg, "test")
-    with _session(cfg) as (datamodule, model, trainer, loggers, out_dir):
-        _preflight(datamodule, ["test"], out_dir)
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+    with session(cfg, ckpt=ckpt) as (datamodule, model, trainer, loggers, out_dir):
+        preflight(datamodule, ["test"], out_dir)
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         summary = _finish_test(model, trainer, loggers, out_dir, cfg, datamodule)
         if trainer.is_global_zero:
             atomic_write_json(out_dir / "metrics.json", summary)
@@ -205,8 +185,8 @@ def test(cfg: DictConfig) -> dict[str, Any]:
 def validate(cfg: DictConfig) -> dict[str, float]:
     """Validation metrics of a checkpoint (the holdout split), in one process or under DDP."""
     ckpt = _require_ckpt(cfg, "validate")
-    with _session(cfg) as (datamodule, model, trainer, _, out_dir):
-        _preflight(datamodule, ["validate"], out_dir)
+    with session(cfg, ckpt=ckpt) as (datamodule, model, trainer, _, out_dir):
+        preflight(datamodule, ["validate"], out_dir)
         trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt)
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if trainer.is_global_zero:
@@ -217,14 +197,14 @@ def validate(cfg: DictConfig) -> dict[str, float]:
 def predict(cfg: DictConfig) -> Path:
     """Detections for a features folder or one ``.npy`` file, as an ActivityNet results JSON."""
     ckpt = _require_ckpt(cfg, "predict")
-    with _session(cfg) as (datamodule, model, trainer, _, out_dir):
-        _preflight(datamodule, ["predict"], out_dir)
+    with session(cfg, ckpt=ckpt) as (datamodule, model, trainer, _, out_dir):
+        preflight(datamodule, ["predict"], out_dir)
         batches = trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt)
         preds = gather_videos([p for batch in batches or [] for p in batch])
         path = Path(cfg.get("predict_output") or out_dir / "results.json")
         if trainer.is_global_zero:
             atomic_write_json(path, reporting.results_json(preds, model.class_names or []))
-            print(f"wrote {len(preds)} videos' detections to {path}")
+            log.info("wrote %d videos' detections to %s", len(preds), path.resolve())
         return path
 
 
@@ -233,7 +213,7 @@ def export_alpha(cfg: DictConfig) -> Path:
     SALAD's own pruning, with the checkpoint's scores and segments, at the µ it was
     trained with, on whole videos, on the CPU."""
     ckpt = _require_ckpt(cfg, "export_alpha")
-    datamodule, model, out_dir = _prepare(cfg)
+    datamodule, model, out_dir = prepare(cfg, ckpt)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     model.load_state_dict(state["state_dict"])
     mu = float(state.get("matching", {}).get("mu", model.criterion.mu))  # older: the config's
@@ -244,7 +224,7 @@ def export_alpha(cfg: DictConfig) -> Path:
     )
     path = Path(cfg.get("alpha_output") or out_dir / "frozen_alpha.npz")
     frozen.save_frozen_alpha(path, alphas)
-    print(f"wrote alpha of {len(alphas)} videos to {path}")
+    log.info("wrote alpha of %d videos to %s", len(alphas), path.resolve())
     return path
 
 

@@ -366,8 +366,10 @@ def plot_sensitivity_analysis(diagnosis: Diagnosis, path: Path) -> None:
     ax.grid(axis="y", ls=":", lw=0.6)
     names = list(diagnosis.sensitivity)
     for x, name in enumerate(names):
+        if diagnosis.average_mAP_N <= 0:  # nothing detected: no relative change to draw
+            continue
         ratio = diagnosis.sensitivity[name] / diagnosis.average_mAP_N
-        if diagnosis.average_mAP_N <= 0 or np.isnan(ratio).all():
+        if np.isnan(ratio).all():
             continue
         lo, hi = np.nanmin(ratio), np.nanmax(ratio)
         rel_ax.plot([x, x], [lo, hi], color=CHARACTERISTIC_COLORS[name], lw=6, marker="_",

@@ -1,18 +1,18 @@
 """``python -m salad_lightning.run``: the Hydra entry point (thin on purpose).
 
 All work happens in :mod:`salad_lightning.pipeline`; this file composes the
-config from the top-level ``conf/`` folder and returns the sweep objective.
+config (:func:`salad_lightning.config.config_dir`: the package's ``conf/``; add a
+folder of your own with ``--config-dir DIR``) and returns the sweep objective.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-CONFIG_DIR = os.environ.get("SALAD_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "conf"))
+from salad_lightning.config import config_dir
+
+CONFIG_DIR = config_dir()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

@@ -286,7 +286,8 @@ class SaladDataModule(pl.LightningDataModule):
                 )
             )
         h = self.hparams
-        annotations = self.annotations if h.annotation_file is not None else None
+        readable = h.annotation_file is not None and Path(h.annotation_file).is_file()
+        annotations = self.annotations if readable or "predict" not in stages else None
         index = self._given_class_index() or (annotations and annotations.class_index)
         report = build_report(
             annotation_file=h.annotation_file,
@@ -338,7 +339,14 @@ class SaladDataModule(pl.LightningDataModule):
             ids = sorted(p.name[len(src.prefix) : -len(src.ext)] for p in folder.glob(pattern))
             if not ids:
                 raise FileNotFoundError(f"predict_path: no {pattern} files in {folder}")
-        known = self.annotations.videos if h.annotation_file is not None else {}
+        # Features alone are enough: an annotation file that is not there (the dataset's
+        # default path on a machine that only has the new videos) is not needed.
+        has_file = h.annotation_file is not None and Path(h.annotation_file).is_file()
+        if h.annotation_file is not None and not has_file:
+            log.info(
+                "predict: no annotation file %s; durations from the features", h.annotation_file
+            )
+        known = self.annotations.videos if has_file else {}
         records = []
         for vid in ids:
             if vid in known:

@@ -94,6 +94,18 @@ class SaladNet(nn.Module):
         self.num_classes = int(num_classes)
         self.hidden_size = int(hidden_size)
         self.temporal_encoder = temporal_encoder
+        # the constructor's arguments: checkpoints carry them, so that testing and
+        # predicting rebuild this network whatever the config says (session.py)
+        self.config = {
+            "input_dim": self.input_dim,
+            "num_classes": self.num_classes,
+            "hidden_size": self.hidden_size,
+            "reg_dims": [int(d) for d in reg_dims],
+            "sa_dims": [int(d) for d in sa_dims],
+            "cls_dims": [int(d) for d in cls_dims],
+            "dropout": float(dropout),
+            "temporal_encoder": temporal_encoder,
+        }
 
         state_dim = 2 * self.hidden_size
         if temporal_encoder == "gru":

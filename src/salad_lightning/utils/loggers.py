@@ -3,11 +3,14 @@ loggers always closed (a W&B run is finished even when the job fails)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+_log = logging.getLogger(__name__)
 
 
 def wandb_mode(mode: str | None = None) -> str:
@@ -17,6 +20,31 @@ def wandb_mode(mode: str | None = None) -> str:
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def make_csv_logger(*, save_dir: str, name: str = "csv", version: str = ""):
+    """Lightning's ``CSVLogger``, except that it appends to a ``metrics.csv`` already in its
+    folder instead of deleting it: a resumed run (``resume=RUN``) keeps its history."""
+    from lightning_fabric.loggers.csv_logs import _ExperimentWriter
+    from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+    class AppendingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            path = Path(self.metrics_file_path)
+            if path.is_file():  # the header is the keys logged so far
+                with open(path, newline="") as fh:
+                    self.metrics_keys = next(iter(__import__("csv").reader(fh)), [])
+
+    class AppendingCSVLogger(CSVLogger):
+        @property
+        def experiment(self) -> _ExperimentWriter:
+            if self._experiment is None:
+                Path(self.root_dir).mkdir(parents=True, exist_ok=True)
+                self._experiment = AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return AppendingCSVLogger(save_dir=save_dir, name=name, version=version)
 
 
 def make_wandb_logger(
@@ -42,7 +70,15 @@ def make_wandb_logger(
     mode = wandb_mode(mode)
     auto_name, auto_group, auto_tags = run_identity(seed)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(
+    # a folder that already holds a W&B run (resume=RUN): continue that run
+    latest = Path(save_dir) / "wandb" / "latest-run"
+    if latest.exists() and "id" not in kwargs:
+        kwargs.update(id=latest.resolve().name.rsplit("-", 1)[-1], resume="allow")
+    import wandb
+
+    # quiet: no 120-line summary at the end; close_loggers says where the run is
+    kwargs.setdefault("settings", wandb.Settings(quiet=True))
+    logger = WandbLogger(
         project=project,
         save_dir=save_dir,
         name=name or auto_name,
@@ -53,6 +89,9 @@ def make_wandb_logger(
         offline=mode == "offline",
         **kwargs,
     )
+    # Lightning always passes `anonymous` (None by default), which W&B now only warns about
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def run_identity(seed: int | None = None) -> tuple[str | None, str | None, list[str]]:
@@ -135,8 +174,12 @@ def close_loggers(loggers: list[Any], *, failed: bool = False) -> None:
         if type(lg).__name__ == "WandbLogger":
             import wandb
 
-            if wandb.run is not None:
+            run = wandb.run
+            if run is not None:
+                offline, folder = run.offline, Path(run.dir).parent
                 wandb.finish(exit_code=1 if failed else 0)
+                if offline:
+                    _log.info("W&B offline run: %s (upload it: wandb sync %s)", folder, folder)
             # W&B writes its files from a service process; shutting it down waits until
             # the run's offline log is complete on disk (else a job can end before it is)
             wandb.teardown()

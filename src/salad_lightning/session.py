@@ -1,0 +1,207 @@
+"""One run's objects, built from the composed config: data, model, trainer, loggers.
+
+What every mode of :mod:`salad_lightning.pipeline` shares: seeding, the run folder, the
+network taken from a checkpoint's saved settings, resuming a run in its own folder, the
+pre-flight of the data, and loggers that are closed however the run ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from salad_lightning import config as _config  # noqa: F401  (registers the resolvers)
+from salad_lightning.utils.instantiate import build, build_list
+from salad_lightning.utils.io import atomic_write_json, atomic_write_text
+from salad_lightning.utils.loggers import closing_loggers
+
+log = logging.getLogger(__name__)
+
+# keys that may differ between an interrupted run and its resumption
+RESUMABLE_CHANGES = ("resume", "ckpt_path", "trainer.max_epochs", "paths", "mode")
+
+
+def command_line_keys() -> set[str]:
+    """The config keys set on the command line (Hydra's task overrides), if Hydra runs."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+    except (ImportError, ValueError):
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def net_from_checkpoint(cfg: DictConfig, ckpt: str) -> None:
+    """Make ``cfg.model.net`` the checkpoint's network (saved as ``net_config``).
+
+    A setting the command line gave that contradicts the checkpoint is an error naming
+    the key; so is data that cannot fit the network (``dataset.feature_dim``,
+    ``dataset.num_classes``). Settings only the config files gave are replaced by the
+    checkpoint's, with a log line. Checkpoints written before ``net_config`` existed keep
+    the config's network.
+    """
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("net_config")
+    if not saved:
+        return
+    net, explicit = cfg.model.net, command_line_keys()
+    data_keys = {"input_dim": "dataset.feature_dim", "num_classes": "dataset.num_classes"}
+    clashes, adopted = [], []
+    for key, value in saved.items():
+        if key not in net or _plain(net[key]) == value:
+            continue
+        if key in data_keys:
+            clashes.append(
+                f"{data_keys[key]} (the checkpoint's network takes {value}, found {net[key]})"
+            )
+        elif f"model.net.{key}" in explicit:
+            clashes.append(f"model.net.{key} (checkpoint {value}, command line {_plain(net[key])})")
+        else:
+            adopted.append(f"{key} {value} (the config says {_plain(net[key])})")
+    if clashes:
+        raise ValueError(
+            f"{ckpt}: the checkpoint's network does not fit the config: "
+            + "; ".join(clashes)
+            + ". Drop these overrides, or pass the checkpoint's values"
+        )
+    if adopted:
+        log.info("the network is built from the checkpoint: %s", ", ".join(adopted))
+    with open_dict(cfg):
+        for key, value in saved.items():
+            if key not in data_keys:
+                cfg.model.net[key] = value
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """``resume=RUN``: RUN's last checkpoint, after checking that the config is RUN's
+    (``RUN/config_resolved.yaml``; only ``trainer.max_epochs`` and paths may change).
+    Else ``ckpt_path`` (training starts from it, in a new folder) or None."""
+    resume = cfg.get("resume")
+    if not resume:
+        ckpt = cfg.get("ckpt_path")
+        if ckpt and not Path(ckpt).is_file():
+            raise FileNotFoundError(f"ckpt_path {ckpt} does not exist")
+        return ckpt
+    run = Path(resume)
+    last = run / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise FileNotFoundError(f"resume={resume}: {last} does not exist (nothing to resume)")
+    saved_path = run / "config_resolved.yaml"
+    if saved_path.is_file():
+        saved = _flat(yaml.safe_load(saved_path.read_text()))
+        now = _flat(OmegaConf.to_container(cfg, resolve=True))
+        differ = [
+            f"{k} ({saved.get(k)!r} there, {now.get(k)!r} here)"
+            for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k)
+            and not any(k == p or k.startswith(f"{p}.") for p in RESUMABLE_CHANGES)
+        ]
+        if differ:
+            raise ValueError(
+                f"resume={resume}: the config differs from the run's ({saved_path}) in "
+                + "; ".join(differ[:8])
+                + (f"; ... {len(differ) - 8} more" if len(differ) > 8 else "")
+                + ". Pass the run's overrides again (only trainer.max_epochs may change)"
+            )
+    return str(last)
+
+
+def keep_csv_rows_before(csv_dir: Path, step: int) -> None:
+    """A resumed run re-logs the steps after its checkpoint: drop those rows of the
+    interrupted run's ``metrics.csv`` first (the CSV logger then appends)."""
+    path = csv_dir / "metrics.csv"
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = reader.fieldnames or [], list(reader)
+    kept = [r for r in rows if r.get("step", "") != "" and int(float(r["step"])) < step]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+
+
+def prepare(cfg: DictConfig, ckpt: str | None = None) -> tuple[Any, Any, Path]:
+    """Seed, generate data if the dataset asks for it, build the datamodule and the model
+    (the checkpoint's network when there is one), write ``config_resolved.yaml``."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    if ckpt is not None:
+        net_from_checkpoint(cfg, ckpt)
+    if cfg.dataset.get("generate") is not None:
+        build(cfg.dataset.generate)
+    datamodule = build(cfg.dataset.datamodule)
+    model = build(cfg.model)
+    atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    return datamodule, model, out_dir
+
+
+def make_trainer(cfg: DictConfig, *, fitting: bool) -> tuple[pl.Trainer, list[Any]]:
+    """The trainer and its loggers; checkpoint callbacks only when fitting."""
+    loggers = build_list(cfg.get("logger"))
+    callbacks = build_list(cfg.get("callbacks")) if fitting else []
+    extra = {} if fitting else {"enable_checkpointing": False}
+    trainer = build(cfg.trainer, logger=loggers or False, callbacks=callbacks, **extra)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:  # the whole resolved config goes to every dashboard
+        lg.log_hyperparams(resolved)
+    return trainer, loggers
+
+
+@contextmanager
+def session(
+    cfg: DictConfig, *, ckpt: str | None = None, fitting: bool = False
+) -> Iterator[tuple[Any, Any, pl.Trainer, list[Any], Path]]:
+    """Datamodule, model, trainer and loggers of one run; loggers closed however it ends."""
+    datamodule, model, out_dir = prepare(cfg, ckpt)
+    log.info("run folder: %s", out_dir.resolve())
+    trainer, loggers = make_trainer(cfg, fitting=fitting)
+    with closing_loggers(loggers):
+        yield datamodule, model, trainer, loggers, out_dir
+
+
+def preflight(datamodule: Any, stages: list[str], out_dir: Path) -> dict[str, Any]:
+    """Check every feature file the run will read, before it reads any (rank zero only:
+    the other processes of a DDP run wait for it at the first collective). Writes
+    ``data_report.json``; unusable files stop the run, named in the message."""
+    if rank_zero_only.rank != 0:
+        return {}
+    report, problems = datamodule.preflight_report(stages)
+    atomic_write_json(out_dir / "data_report.json", report)
+    if problems:
+        shown = "\n  ".join(p.message() for p in problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ValueError(
+            f"{len(problems)} feature files cannot be used (all listed in "
+            f"{out_dir / 'data_report.json'}):\n  {shown}{more}"
+        )
+    return report
