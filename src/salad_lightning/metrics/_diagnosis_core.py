@@ -11,24 +11,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from salad_lightning.metrics.functional import match_predictions, segment_tiou
+from salad_lightning.metrics.functional import _expand, _run_starts, match_predictions, segment_tiou
 
 DOUBLE, WRONG_LABEL, LOCALIZATION, CONFUSION, BACKGROUND = 1, 2, 3, 4, 5
-
-
-def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(owner, index) for every index of the ranges ``[lo[i], hi[i])``."""
-    count = np.maximum(hi - lo, 0)
-    owner = np.repeat(np.arange(len(lo)), count)
-    first = np.cumsum(count) - count
-    return owner, lo[owner] + np.arange(len(owner)) - first[owner]
-
-
-def _run_starts(keys: np.ndarray) -> np.ndarray:
-    """For each element of the sorted ``keys``, where its run of equal keys starts."""
-    new = np.ones(len(keys), dtype=bool)
-    new[1:] = keys[1:] != keys[:-1]
-    return np.flatnonzero(new)[np.cumsum(new) - 1]
 
 
 def within_class_cumsum(flags: np.ndarray, start: np.ndarray) -> np.ndarray:

@@ -23,11 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from salad_lightning.metrics.calibration import expected_calibration_error
 from salad_lightning.metrics.functional import match_predictions, video_key
-from salad_lightning.metrics.tad_map import first_copies, source_id
+from salad_lightning.metrics.tad_map import first_copies, source_id, state_array
 
 __all__ = ["DetectionCalibrationError"]
 
@@ -103,14 +102,8 @@ class DetectionCalibrationError(Metric):
             value = np.concatenate(parts) if parts else np.zeros(0)
             getattr(self, name).append(torch.as_tensor(value, dtype=dtype, device=self.device))
 
-    def _state(self, name: str) -> np.ndarray:
-        value = getattr(self, name)
-        if isinstance(value, list):
-            value = dim_zero_cat(value) if value else torch.zeros(0)
-        return value.detach().cpu().to(_STATES[name]).numpy()
-
     def compute(self) -> dict[str, Tensor]:
-        s = {name: self._state(name) for name in _STATES}
+        s = {name: state_array(self, name, dtype) for name, dtype in _STATES.items()}
         keep = {
             x: first_copies(s["video_keys"], s["video_sources"], s[f"{x}_keys"], s[f"{x}_sources"])
             for x in ("det", "gt")

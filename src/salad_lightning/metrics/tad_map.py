@@ -28,7 +28,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from salad_lightning.metrics.functional import evaluate_detections, video_key
 
-__all__ = ["TemporalActionDetectionMAP", "first_copies", "source_id"]
+__all__ = ["TemporalActionDetectionMAP", "first_copies", "source_id", "state_array"]
 
 _SOURCE_BITS = 40  # source id = rank << 40 | running count of videos seen by this process
 _STATES = {
@@ -55,6 +55,14 @@ def _rank() -> int:
 def source_id(seen: int) -> int:
     """Where a video's update came from: (this process's rank, its running count)."""
     return (_rank() << _SOURCE_BITS) | seen
+
+
+def state_array(metric: Metric, name: str, dtype: torch.dtype) -> np.ndarray:
+    """A list state (after a gather: a tensor) as one numpy array."""
+    value = getattr(metric, name)
+    if isinstance(value, list):
+        value = dim_zero_cat(value) if value else torch.zeros(0)
+    return value.detach().cpu().to(dtype).numpy()
 
 
 def first_copies(
@@ -204,10 +212,7 @@ class TemporalActionDetectionMAP(Metric):
             getattr(self, name).append(value.to(dtype=dtype, device=self.device))
 
     def _state(self, name: str) -> np.ndarray:
-        value = getattr(self, name)
-        if isinstance(value, list):
-            value = dim_zero_cat(value) if value else torch.zeros(0)
-        return value.detach().cpu().to(_STATES[name]).numpy()
+        return state_array(self, name, _STATES[name])
 
     def compute(self) -> dict[str, Tensor]:
         """mAP per threshold, average mAP and per-class AP (see the class docstring)."""
