@@ -322,3 +322,13 @@ def test_a_run_inside_the_classification_pretraining_warns(tmp_path):
     cfg = compose_cfg(tmp_path, ["model.cls_pretrain_epochs=2", "trainer.max_epochs=2"])
     with pytest.warns(UserWarning, match=r"trainer.max_epochs=2 <= model.cls_pretrain_epochs=2"):
         run_pipeline(cfg)
+
+
+def test_a_run_with_no_detection_says_why(tmp_path, caplog):
+    caplog.set_level("WARNING", logger="salad_lightning")
+    summary = run_pipeline(compose_cfg(tmp_path, ["postprocess.min_score=1.01"]))
+    assert summary["test/mAP"] == 0.0
+    [msg] = [r.getMessage() for r in caplog.records if "no detection" in r.getMessage()]
+    assert "postprocess.min_score is 1.01" in msg
+    best = float(msg.split("before NMS, was ")[1].split(";")[0])
+    assert 0.0 < best < 1.0  # the self-assessment score of the best proposal, under the floor

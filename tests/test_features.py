@@ -148,5 +148,5 @@ def test_nonfinite_values_are_reported():
     # rows of a crop: the step is given in the whole video
     with pytest.raises(ValueError, match=r"the first at step 102 \(channel 1\)"):
         check_finite(x, "f.npy (video v)", offset=100)
-    # a float64 sum cannot overflow on float32 values: huge but finite is fine
+    # huge but finite values are fine
     check_finite(np.full((1000, 8), 3e38, np.float32), "huge")

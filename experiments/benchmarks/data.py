@@ -192,7 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("--warm", dest="cold", action="store_false")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parts", nargs="+", choices=("preflight", "epoch"), default=["epoch"])
-    p.add_argument("--threads", type=int, default=2, help="pre-flight reader threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="pre-flight reader threads (default: the library's)",
+    )
     args = p.parse_args(argv)
 
     folder = (
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"pre-flight of {pf['videos']} videos ({size:.1f} GB, {cache} cache): "
                 f"{pf['preflight_s']:.1f} s ({size * 1e3 / pf['preflight_s']:.0f} MB/s, "
-                f"{args.threads} threads); baseline np.load + isfinite, one thread: "
+                f"{args.threads or 'default'} threads); baseline np.load + isfinite, one thread: "
                 f"{pf['baseline_s']:.1f} s; ratio {pf['preflight_s'] / pf['baseline_s']:.2f}",
                 flush=True,
             )

@@ -63,6 +63,7 @@ def _finish_test(
     names = model.class_names or []
     summary = reporting.summarise(evaluation, names)
     if trainer.is_global_zero:
+        _say_if_nothing_was_detected(evaluation, cfg)
         atomic_write_json(
             out_dir / "results.json", reporting.results_json(evaluation.detections, names)
         )
@@ -87,6 +88,23 @@ def _finish_test(
         # on the console and in the run's run.log
         log.info("%s\nrun folder: %s", reporting.map_table(summary), out_dir.resolve())
     return summary
+
+
+def _say_if_nothing_was_detected(evaluation: Any, cfg: DictConfig) -> None:
+    """A run with no detection at all gets an mAP of 0 and says why: every proposal of
+    every video scored under ``postprocess.min_score`` (a self-assessment head that
+    collapsed to 0, as the ``score_gt_half`` target can), or NMS kept nothing."""
+    videos = evaluation.detections
+    if not videos or any(len(v["scores"]) for v in videos):
+        return
+    best = max(v.get("best_score", float("-inf")) for v in videos)
+    floor = cfg.get("postprocess", {}).get("min_score")
+    log.warning(
+        "no detection on the %s split (%d videos): the highest score of any proposal, "
+        "before NMS, was %.3g; postprocess.min_score is %s. The self-assessment head "
+        "scores every step near 0 (experiments/README.md, runs with no detection)",
+        evaluation.split, len(videos), best, floor,
+    )  # fmt: skip
 
 
 def _diagnose(node, evaluation, dm, out_dir: Path):

@@ -171,7 +171,8 @@ def postprocess_batch(
       ``nms="none"``); ``None``: no cap.
 
     Returns B dicts ``{"segments": (M, 2) seconds, "scores": (M,), "labels": (M,)
-    int64 0..K-1}``, sorted by score descending (ties: lower step first).
+    int64 0..K-1, "best_score": the video's highest fused score before NMS}``, sorted by
+    score descending (ties: lower step first).
     """
     if nms not in NMS_MODES:
         raise ValueError(f"unknown nms {nms!r}; allowed: {', '.join(NMS_MODES)}")
@@ -197,7 +198,9 @@ def postprocess_batch(
     score = fuse_scores(dec.score, dec.cls_score, fusion, zeta)
 
     # Valid steps first, best first; padded steps sort last and stay marked invalid.
-    order = _sort_desc(torch.where(dec.mask, score, torch.full_like(score, -math.inf)))
+    masked = torch.where(dec.mask, score, torch.full_like(score, -math.inf))
+    best = masked.amax(dim=1)  # before NMS: why a video may end with no detection
+    order = _sort_desc(masked)
     if pre_nms_topk is not None:
         order = order[:, :pre_nms_topk]
     segments = dec.segments.gather(1, order.unsqueeze(-1).expand(-1, -1, 2))
@@ -224,12 +227,13 @@ def postprocess_batch(
         segments, score, labels, valid = (x[:, :top_k] for x in (segments, score, labels, valid))
 
     # One transfer for the whole batch, then per-video selection on the CPU.
-    segments, score, labels, valid = (x.cpu() for x in (segments, score, labels, valid))
+    segments, score, labels, valid, best = (x.cpu() for x in (segments, score, labels, valid, best))
     return [
         {
             "segments": segments[b][valid[b]],
             "scores": score[b][valid[b]],
             "labels": labels[b][valid[b]],
+            "best_score": float(best[b]),
         }
         for b in range(valid.shape[0])
     ]
