@@ -10,11 +10,13 @@ import importlib.util
 import itertools
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from _runcfg import REPO, compose_cfg, run_cli
 from salad_lightning.data.thumos_like import select_videos
@@ -277,6 +279,36 @@ def test_thumos_shaped_cpu_composes(tmp_path):
     assert cfg.model.net.hidden_size == 64 and cfg.model.net.input_dim == 64  # model=small
     assert cfg.model.postprocess.nms == "soft"
     assert "thumos_shaped_cpu" in cfg.tags
+
+
+def test_thumos_shaped_regime_composes(tmp_path):
+    """The tables' benchmark: thumos_shaped_cpu with its own data, 20 epochs, cosine lr."""
+    cfg = compose_cfg(tmp_path, ["experiment=thumos_shaped_regime"], tiny=False)
+    cpu = compose_cfg(tmp_path, ["experiment=thumos_shaped_cpu"], tiny=False)
+    assert cfg.dataset.root == f"{tmp_path / 'cache'}/thumos_like_f0.25_a4_d64"
+    assert cfg.trainer.max_epochs == 20 and cpu.trainer.max_epochs == 30
+    sched = cfg.model.scheduler
+    assert sched._target_ == "torch.optim.lr_scheduler.CosineAnnealingLR" and sched.T_max == 20
+    assert cpu.model.scheduler is None
+    assert list(cfg.tags) == ["thumos_shaped_regime"]
+    # everything else as in thumos_shaped_cpu
+    for key in ("model.net", "model.optimizer", "dataset.datamodule", "dataset.postprocess"):
+        a, b = OmegaConf.select(cfg, key), OmegaConf.select(cpu, key)
+        if key == "dataset.datamodule":
+            a, b = (OmegaConf.to_container(x) for x in (a, b))
+            a.pop("annotation_file"), b.pop("annotation_file")
+            a.pop("feature_dir"), b.pop("feature_dir")
+        assert a == b, key
+
+
+def test_prepare_writes_each_experiments_dataset_root(tmp_path):
+    """prepare.sh's --out of each shaped experiment is that experiment's dataset.root."""
+    text = (REPO / "experiments" / "tables" / "prepare.sh").read_text()
+    outs = dict(re.findall(r"^\s*(thumos_shaped_\w+)\)\s*\n\s*thumos_like --out (\S+)", text, re.M))
+    assert set(outs) == {"thumos_shaped_regime", "thumos_shaped_cpu"}
+    for experiment, out in outs.items():
+        cfg = compose_cfg(tmp_path, [f"experiment={experiment}"], tiny=False)
+        assert cfg.dataset.root == f"{tmp_path / 'cache'}/{out.removeprefix('data_cache/')}"
 
 
 TINY_NET = [
