@@ -7,13 +7,16 @@ epoch, end to end, on tiny fixtures in the real on-disk layouts (a tiny network)
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from _runcfg import REPO, compose_cfg, run_cli
 from salad_lightning.data.thumos_like import select_videos
@@ -26,9 +29,22 @@ _spec.loader.exec_module(aggregate)
 TIOU = [0.1, 0.2, 0.3, 0.4, 0.5]
 
 
-def _fake_run(folder: Path, *, seed: int, pruning: str, maps: list[float], mu: float = 0.5):
-    """A run folder as the app writes it: metrics.json and config_resolved.yaml."""
+def _fake_run(
+    folder: Path,
+    *,
+    seed: int,
+    pruning: str,
+    maps: list[float],
+    mu: float = 0.5,
+    detections: int | None = 1,
+):
+    """A run folder as the app writes it: metrics.json, config_resolved.yaml and
+    results.json with ``detections`` detections over two videos (None: no results.json)."""
     folder.mkdir(parents=True)
+    if detections is not None:
+        det = {"label": "a", "score": 0.5, "segment": [1.0, 2.0]}
+        results = {"v1": [det] * (detections // 2), "v2": [det] * (detections - detections // 2)}
+        (folder / "results.json").write_text(json.dumps({"version": "x", "results": results}))
     metrics = {"split": "test", "tiou_thresholds": TIOU, "val": {"val/mAP": 0.5}}
     metrics.update({f"test/mAP@{t}": m for t, m in zip(TIOU, maps)})
     metrics["test/mAP"] = sum(maps) / len(maps)
@@ -87,10 +103,25 @@ def test_aggregate_cli_prints_and_writes_the_same_markdown(pruning_runs, tmp_pat
     lines = printed.splitlines()
     assert lines[:4] == ["# T5", "", "- command: x", ""]
     assert (
-        "| SALAD (pruning) | 0,1,2 | 40.00 ± 10.00 | 25.00 ± 5.00 | 20.00 ± 10.00 "
+        "| SALAD (pruning) | 0,1,2 | – | 40.00 ± 10.00 | 25.00 ± 5.00 | 20.00 ± 10.00 "
         "| 10.00 ± 5.00 | 2.00 ± 1.00 | 19.40 | 73.3 / 70.7 / 65.7 / 57.0 / 44.6 |" in lines
     )
-    assert "| zzz_new | 0 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | – |" in lines
+    assert "| zzz_new | 0 | – | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | – |" in lines
+    # each run's average by seed: SALAD 13.20 / 21.40 / 23.60 (the --list values below)
+    assert "| SALAD (pruning) | 13.20 | 21.40 | 23.60 |" in lines
+    assert "| No pruning | 10.00 | 20.00 | – |" in lines
+    # paired with SALAD on seeds 0, 1. Average: d = 10.00 - 13.20, 20.00 - 21.40 =
+    # -3.2, -1.4; mean -2.3, sd 1.8 / sqrt(2), se = sd / sqrt(2) = 0.9, t(0.975, 1) =
+    # 12.7062 -> -2.3 ± 11.4356 = [-13.74, +9.14]. A bootstrap of 2 values puts 1/4 of
+    # its means on each value, so its 2.5% / 97.5% quantiles are the two values.
+    # mAP@0.5: d = 10 - 1, 20 - 2 = 9, 18; mean 13.5, se 4.5 -> 13.5 ± 57.178.
+    assert (
+        "| No pruning | 0,1 | -2.30 | [-13.74, +9.14] | [-3.20, -1.40] | not resolved "
+        "(bootstrap: worse) | +13.50 | [-43.68, +70.68] | [+9.00, +18.00] | not resolved "
+        "(bootstrap: better) |" in lines
+    )
+    # one paired seed: no interval
+    assert "| zzz_new | 0 | -13.20 | – | – | not resolved | -1.00 | – | – | not resolved |" in lines
     assert "- ours, by average: salad (19.40) > none (15.00) > zzz_new (0.00)" in lines
     # deterministic: the same input prints the same bytes
     assert aggregate.main(args) == 0
@@ -105,6 +136,122 @@ def test_aggregate_cli_prints_and_writes_the_same_markdown(pruning_runs, tmp_pat
     ]
     assert Path(listed[0][2]).parent.name in {"main", "other"}
     assert [row[3] for row in listed if row[0] == "salad"] == ["13.20", "21.40", "23.60"]
+    assert {row[4] for row in listed} == {"1"}  # detections in each results.json
+
+
+@pytest.mark.parametrize(
+    ("df", "q", "table"),
+    # printed Student t tables (two-sided 95%: q = 0.975; one-sided 95%: q = 0.95)
+    [(1, 0.975, 12.706), (2, 0.975, 4.303), (3, 0.975, 3.182), (4, 0.975, 2.776)]
+    + [(5, 0.975, 2.571), (9, 0.975, 2.262), (30, 0.975, 2.042), (4, 0.95, 2.132)],
+)
+def test_t_quantile_against_tables(df, q, table):
+    assert aggregate.t_quantile(q, df) == pytest.approx(table, abs=5e-4)
+    assert aggregate.t_quantile(1 - q, df) == pytest.approx(-table, abs=5e-4)
+
+
+def test_t_cdf_closed_forms():
+    # df = 1 is the Cauchy distribution: F(1) = 1/2 + atan(1)/pi = 3/4
+    assert aggregate.t_cdf(1.0, 1) == pytest.approx(0.75, abs=1e-15)
+    # df = 2: F(t) = 1/2 + t / (2 sqrt(2 + t^2)); F(2) = 1/2 + 1/sqrt(6)
+    assert aggregate.t_cdf(2.0, 2) == pytest.approx(0.5 + 1 / math.sqrt(6), abs=1e-15)
+    # df = 3: F(t) = 1/2 + (θ + sin θ cos θ) / π, θ = atan(t / sqrt(3)); t = sqrt(3): θ = π/4
+    assert aggregate.t_cdf(math.sqrt(3), 3) == pytest.approx(0.75 + 0.5 / math.pi, abs=1e-15)
+    for df in (1, 2, 5, 8):
+        assert aggregate.t_cdf(0.0, df) == 0.5
+        assert aggregate.t_cdf(-1.3, df) == pytest.approx(1 - aggregate.t_cdf(1.3, df))
+    with pytest.raises(ValueError, match="df must be"):
+        aggregate.t_cdf(1.0, 0)
+
+
+def _paired_runs(root: Path) -> None:
+    """SALAD (seeds 0-4) at 50% at tIoU 0.1-0.4 and 30% at 0.5 (average 46); no pruning
+    with per-seed averages 44, 45, 43, 45, 43 and mAP@0.5 31, 29, 32, 28, 30 (its 0.1-0.4
+    columns x = (5 * average - mAP@0.5) / 4, e.g. seed 0: (220 - 31) / 4 = 47.25)."""
+    for s in range(5):
+        _fake_run(root / f"s{s}", seed=s, pruning="salad", maps=[0.5] * 4 + [0.3])
+    x = [0.4725, 0.49, 0.4575, 0.4925, 0.4625]
+    y = [0.31, 0.29, 0.32, 0.28, 0.30]
+    for s in range(5):
+        _fake_run(root / f"n{s}", seed=s, pruning="none", maps=[x[s]] * 4 + [y[s]])
+
+
+def test_paired_intervals_by_hand(tmp_path):
+    _paired_runs(tmp_path / "runs")
+    runs = aggregate.load_runs([tmp_path / "runs"], ["model.loss.pruning"])
+    _, rows = aggregate.summarise(runs, "pruning")
+    avg, at05 = aggregate.paired(rows, "salad", resamples=10000, seed=0)
+    assert (avg.key, avg.measure, avg.seeds) == ("none", "average", (0, 1, 2, 3, 4))
+    # d = -2, -1, -3, -1, -3: mean -2, deviations 0, 1, -1, 1, -1, sd = sqrt(4 / 4) = 1,
+    # se = 1 / sqrt(5) = 0.447214; t(0.975, 4) = 2.776445 -> -2 ± 1.241663
+    assert avg.diffs == pytest.approx((-2, -1, -3, -1, -3))
+    assert avg.mean == pytest.approx(-2.0)
+    assert avg.t == pytest.approx((-3.241663, -0.758337), abs=1e-5)
+    assert avg.verdict == "worse"
+    # every resampled mean lies in [-3, -1]; the bootstrap agrees
+    assert -3 <= avg.bootstrap[0] < avg.bootstrap[1] <= -1
+    # mAP@0.5: d = 1, -1, 2, -2, 0: mean 0, sd = sqrt(10 / 4), se = sqrt(0.5) = 0.707107
+    # -> 0 ± 2.776445 * 0.707107 = 0 ± 1.963243
+    assert at05.diffs == pytest.approx((1, -1, 2, -2, 0))
+    assert at05.t == pytest.approx((-1.963243, 1.963243), abs=1e-5)
+    assert at05.verdict == "not resolved"
+    # the same seed and data give the same bootstrap; with few resamples another
+    # seed gives another interval
+    again = aggregate.paired(rows, "salad", resamples=10000, seed=0)
+    assert again[1].bootstrap == at05.bootstrap
+    few = [aggregate.paired(rows, "salad", resamples=20, seed=k)[1].bootstrap for k in (0, 1)]
+    assert few[0] != few[1]
+    with pytest.raises(ValueError, match="reference row 'nope'"):
+        aggregate.paired(rows, "nope")
+
+
+def test_bootstrap_matches_the_exact_resampling_distribution():
+    """All 5^5 equally likely resamples of 5 differences, enumerated: the Monte Carlo
+    interval's ends lie within one step (0.2 here) of the exact quantiles."""
+    diffs = [1.0, 1.0, 1.0, 1.0, -0.5]
+    means = sorted(sum(c) / 5 for c in itertools.product(diffs, repeat=5))
+    lo_exact = means[math.ceil(0.025 * len(means)) - 1]
+    hi_exact = means[math.ceil(0.975 * len(means)) - 1]
+    # by hand: k draws of -0.5 give a mean of (5 - 1.5 k) / 5; P(k >= 4) = 0.00672 and
+    # P(k >= 3) = 0.05792 (binomial, p = 1/5), so the 2.5% quantile is k = 3: 0.1
+    assert lo_exact == pytest.approx(0.1) and hi_exact == pytest.approx(1.0)
+    lo, hi = aggregate.bootstrap_interval(diffs, resamples=10000, seed=0)
+    assert abs(lo - lo_exact) <= 0.2 + 1e-9 and hi == pytest.approx(hi_exact)
+    # the t interval is wider: mean 0.7, sd sqrt(0.45), se 0.3, 0.7 ± 2.776445 * 0.3
+    assert aggregate.t_interval(diffs) == pytest.approx((-0.132934, 1.532934), abs=1e-5)
+    p = aggregate.Paired(
+        "x",
+        "x",
+        (0, 1, 2, 3, 4),
+        "average",
+        tuple(diffs),
+        0.7,
+        aggregate.t_interval(diffs),
+        (lo, hi),
+    )
+    assert p.verdict == "not resolved (bootstrap: better)"
+    assert aggregate.bootstrap_interval([2.0, 2.0, 2.0], resamples=100) == (2.0, 2.0)
+    assert all(math.isnan(v) for v in aggregate.bootstrap_interval([1.0], resamples=100))
+
+
+def test_runs_without_detections_are_reported(tmp_path, capsys):
+    root = tmp_path / "target"
+    for s, (dets, m) in enumerate([(5, 0.2), (0, 0.0), (0, 0.0), (3, 0.1)]):
+        _fake_run(root / f"h{s}", seed=s, pruning="salad", maps=[m] * 5, detections=dets)
+    _fake_run(root / "old", seed=9, pruning="salad", maps=[0.1] * 5, detections=None)
+    runs = aggregate.load_runs([root], ["model.loss.pruning"])
+    assert [r.detections for r in runs] == [5, 0, 0, 3, None]
+    _, (row,) = aggregate.summarise(runs, None)
+    assert row.empty_seeds == (1, 2)
+    assert aggregate.main([str(root), "--rows", "model.loss.pruning", "--reference", "none"]) == 0
+    out = capsys.readouterr().out
+    # the two empty runs count as 0 in the mean: (20 + 0 + 0 + 10 + 10) / 5 = 8
+    assert "| salad | 0,1,2,3,9 | 1,2 (no results.json: 9) | 8.00 ± 8.37 |" in out
+    assert "| salad | 20.00 | 0.00 (no detection) | 0.00 (no detection) | 10.00 | 10.00 |" in out
+    assert "Paired with" not in out
+    assert aggregate.main([str(root), "--rows", "model.loss.pruning", "--list"]) == 0
+    listed = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [row[4] for row in listed] == ["5", "0", "0", "3", "-"]
 
 
 def test_aggregate_rows_of_several_keys_and_stale_runs(tmp_path, capsys):
@@ -132,6 +279,36 @@ def test_thumos_shaped_cpu_composes(tmp_path):
     assert cfg.model.net.hidden_size == 64 and cfg.model.net.input_dim == 64  # model=small
     assert cfg.model.postprocess.nms == "soft"
     assert "thumos_shaped_cpu" in cfg.tags
+
+
+def test_thumos_shaped_regime_composes(tmp_path):
+    """The tables' benchmark: thumos_shaped_cpu with its own data, 20 epochs, cosine lr."""
+    cfg = compose_cfg(tmp_path, ["experiment=thumos_shaped_regime"], tiny=False)
+    cpu = compose_cfg(tmp_path, ["experiment=thumos_shaped_cpu"], tiny=False)
+    assert cfg.dataset.root == f"{tmp_path / 'cache'}/thumos_like_f0.25_a4_d64"
+    assert cfg.trainer.max_epochs == 20 and cpu.trainer.max_epochs == 30
+    sched = cfg.model.scheduler
+    assert sched._target_ == "torch.optim.lr_scheduler.CosineAnnealingLR" and sched.T_max == 20
+    assert cpu.model.scheduler is None
+    assert list(cfg.tags) == ["thumos_shaped_regime"]
+    # everything else as in thumos_shaped_cpu
+    for key in ("model.net", "model.optimizer", "dataset.datamodule", "dataset.postprocess"):
+        a, b = OmegaConf.select(cfg, key), OmegaConf.select(cpu, key)
+        if key == "dataset.datamodule":
+            a, b = (OmegaConf.to_container(x) for x in (a, b))
+            a.pop("annotation_file"), b.pop("annotation_file")
+            a.pop("feature_dir"), b.pop("feature_dir")
+        assert a == b, key
+
+
+def test_prepare_writes_each_experiments_dataset_root(tmp_path):
+    """prepare.sh's --out of each shaped experiment is that experiment's dataset.root."""
+    text = (REPO / "experiments" / "tables" / "prepare.sh").read_text()
+    outs = dict(re.findall(r"^\s*(thumos_shaped_\w+)\)\s*\n\s*thumos_like --out (\S+)", text, re.M))
+    assert set(outs) == {"thumos_shaped_regime", "thumos_shaped_cpu"}
+    for experiment, out in outs.items():
+        cfg = compose_cfg(tmp_path, [f"experiment={experiment}"], tiny=False)
+        assert cfg.dataset.root == f"{tmp_path / 'cache'}/{out.removeprefix('data_cache/')}"
 
 
 TINY_NET = [

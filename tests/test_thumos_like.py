@@ -144,3 +144,26 @@ def test_float16_and_cli(thumos_json, tmp_path, capsys):
     assert all(np.load(f).dtype == np.float16 for f in files)
     with pytest.raises(ValueError, match="dtype"):
         make_thumos_like(thumos_json, tmp_path / "x", fraction=0.01, dtype="int8")
+
+
+def test_test_fraction_keeps_its_own_share_of_test(thumos_json, tmp_path):
+    db = json.loads(thumos_json.read_text())["database"]
+    quarter = select_videos(db, 0.25)
+    both = select_videos(db, 0.25, subset_fractions={"Test": 1.0})
+    # Validation as with the fraction alone; every one of the 212 Test videos
+    assert [v for v in both if db[v]["subset"] == "Validation"] == [
+        v for v in quarter if db[v]["subset"] == "Validation"
+    ]
+    assert sum(db[v]["subset"] == "Test" for v in both) == 212
+    half = select_videos(db, 0.25, subset_fractions={"Test": 0.5})
+    assert sum(db[v]["subset"] == "Test" for v in half) == 106  # ceil(0.5 * 212), all classes
+    with pytest.raises(ValueError, match="fraction of subset 'Test' must be in"):
+        select_videos(db, 0.25, subset_fractions={"Test": 1.5})
+    # through the generator: the share is a parameter of the folder
+    out = make_thumos_like(
+        thumos_json, tmp_path / "t", fraction=0.01, test_fraction=0.05, feature_dim=8
+    )
+    kept = json.loads((out / "annotations" / "thumos14.json").read_text())["database"]
+    assert sum(v["subset"] == "Validation" for v in kept.values()) == 18
+    assert sum(v["subset"] == "Test" for v in kept.values()) == 20  # as in the 5% fixture
+    assert json.loads((out / "params.json").read_text())["test_fraction"] == 0.05

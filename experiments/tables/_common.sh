@@ -1,20 +1,32 @@
 # Sourced by the table scripts: where runs and tables go, the machine line, helpers.
-#   EXPERIMENT  the experiment config (default thumos_shaped_cpu: the CPU-scale benchmark)
-#   SEEDS       comma-separated seeds (default 0,1,2)
-#   PYTHON      the interpreter (default .venv/bin/python, else python)
-#   MACHINE_NOTE  words appended to the machine line of the tables (e.g. "shared")
-#   CODE_COMMIT   the commit to name in the tables when running outside a git checkout
+#   EXPERIMENT   the experiment config (default thumos_shaped_regime: the benchmark the
+#                tables run on; thumos_shaped_cpu is the fast one)
+#   SEEDS        comma-separated seeds (default 0,1,2,3,4)
+#   STEP         runs | table | all (default): train the table's runs, make its table
+#                from runs already there, or both
+#   REUSE_SALAD  1: pair the table with the SALAD runs already in logs/tables/$EXPERIMENT/salad
+#                (salad.sh, made with the same SEEDS, overrides and code), never train
+#                them; unset: a table that needs SALAD trains it first (salad.sh)
+#   PYTHON       the interpreter (default .venv/bin/python, else python)
+#   MACHINE_NOTE words appended to the machine line of the tables (e.g. "shared")
+#   CODE_COMMIT  the commit to name in the tables when running outside a git checkout
 # Extra arguments of a table script are passed to every run (e.g. dataset.root=...).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-EXPERIMENT=${EXPERIMENT:-thumos_shaped_cpu}
-SEEDS=${SEEDS:-0,1,2}
+EXPERIMENT=${EXPERIMENT:-thumos_shaped_regime}
+SEEDS=${SEEDS:-0,1,2,3,4}
+STEP=${STEP:-all}
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 TABLES=logs/tables/$EXPERIMENT
 RESULTS=experiments/results/$EXPERIMENT
+# SALAD with each seed, trained once: the reference row of every table
+SALAD_RUNS=$TABLES/salad
 export WANDB_MODE=${WANDB_MODE:-offline} MPLBACKEND=${MPLBACKEND:-Agg}
+case $STEP in runs | table | all) ;; *) echo "STEP must be runs, table or all, found $STEP" >&2; exit 2 ;; esac
 
 salad() { "$PYTHON" -m salad_lightning.run "$@"; }
+do_runs() { [ "$STEP" != table ]; }
+do_table() { [ "$STEP" != runs ]; }
 
 machine() {
   local cpu gpu torch
@@ -38,7 +50,45 @@ command_line() {
   local table=$1
   shift
   local env=""
-  [ "$EXPERIMENT" != thumos_shaped_cpu ] && env+="EXPERIMENT=$EXPERIMENT "
-  [ "$SEEDS" != 0,1,2 ] && env+="SEEDS=$SEEDS "
-  echo "command: \`${env}bash experiments/tables/$table.sh${*:+ $*}\`"
+  [ "$EXPERIMENT" != thumos_shaped_regime ] && env+="EXPERIMENT=$EXPERIMENT "
+  [ "$SEEDS" != 0,1,2,3,4 ] && env+="SEEDS=$SEEDS "
+  if [ -n "${MADE_BY:-}" ]; then
+    echo "command: \`${env}$MADE_BY${*:+ $*}\` (this table: \`experiments/tables/$table.sh\`)"
+  else
+    echo "command: \`${env}bash experiments/tables/$table.sh${*:+ $*}\`"
+  fi
 }
+
+# what a set of runs was made with: experiment, seeds, overrides and the code
+# (HEAD and a digest of uncommitted changes under src/ and conf/)
+run_args() {
+  local rev digest
+  rev=${CODE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+  digest=$(git diff HEAD -- src conf 2>/dev/null | sha1sum | cut -c1-12)
+  printf '%s\n' "EXPERIMENT=$EXPERIMENT" "SEEDS=$SEEDS" "code=$rev $digest" "$@"
+}
+
+# check_args DIR ARGS...: DIR/args.txt says DIR was made with these seeds, overrides, code
+check_args() {
+  local dir=$1
+  shift
+  if [ "$(cat "$dir/args.txt" 2>/dev/null)" != "$(run_args "$@")" ]; then
+    echo "$dir was not made with SEEDS=$SEEDS, overrides '$*' and this code" \
+      "(its args.txt: $(tr '\n' ' ' 2>/dev/null <"$dir/args.txt" || echo none));" \
+      "rerun it" >&2
+    return 1
+  fi
+}
+
+# need_salad ARGS...: the SALAD runs of this table, trained with salad.sh unless
+# REUSE_SALAD=1 or STEP=table, in which case they must already be there
+need_salad() {
+  if [ "${REUSE_SALAD:-0}" = 1 ] || [ "$STEP" = table ]; then
+    check_args "$SALAD_RUNS" "$@" || { echo "run experiments/tables/salad.sh first" >&2; exit 1; }
+  else
+    bash experiments/tables/salad.sh "$@"
+  fi
+}
+
+# aggregate ARGS...: experiments/aggregate.py
+aggregate() { "$PYTHON" experiments/aggregate.py "$@"; }

@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# Table 7 (score fusion, post-processing only): each seed's SALAD checkpoint from
-# pruning.sh re-tested with the regression score alone and the three fusions.
-#   bash experiments/tables/pruning.sh && bash experiments/tables/fusion.sh [OVERRIDES...]
+# Table 7 (score fusion, post-processing only): each seed's SALAD checkpoint
+# (salad.sh) re-tested with the three fusions; the "regression score only" row is
+# the SALAD runs' own test.
+#   bash experiments/tables/salad.sh [OVERRIDES...] && bash experiments/tables/fusion.sh [OVERRIDES...]
+# Never trains: the SALAD runs must be there, made with the same SEEDS and overrides.
 # One multirun (mode=test) under logs/tables/$EXPERIMENT/fusion (removed first); prints
 # the table and writes experiments/results/$EXPERIMENT/fusion.md.
 source "$(dirname "$0")/_common.sh"
 OUT=$TABLES/fusion
-CKPTS=$TABLES/pruning/checkpoints
-for s in ${SEEDS//,/ }; do
-  [ -e "$CKPTS/salad_seed$s.ckpt" ] || { echo "no $CKPTS/salad_seed$s.ckpt: run pruning.sh first" >&2; exit 1; }
-done
-rm -rf "$OUT"
-salad -m experiment="$EXPERIMENT" seed="$SEEDS" mode=test \
-  ablation=salad,fusion_arithmetic,fusion_geometric,fusion_normalized_product \
-  "ckpt_path=$CKPTS/salad_seed\${seed}.ckpt" \
-  hydra.sweep.dir="$OUT" "$@"
-"$PYTHON" experiments/aggregate.py "$OUT" --rows model.postprocess.fusion \
-  --paper fusion --markdown "$RESULTS/fusion.md" \
-  --title "Table 7: score fusion, $EXPERIMENT" \
-  --note "$(command_line fusion "$@")" --note "$(machine)" --note "$(code_line)"
+REUSE_SALAD=1
+if do_runs; then
+  need_salad "$@"
+  rm -rf "$OUT"
+  salad -m experiment="$EXPERIMENT" seed="$SEEDS" mode=test \
+    ablation=fusion_arithmetic,fusion_geometric,fusion_normalized_product \
+    "ckpt_path=$SALAD_RUNS/checkpoints/salad_seed\${seed}.ckpt" \
+    hydra.sweep.dir="$OUT" "$@"
+  run_args "$@" >"$OUT/args.txt"
+fi
+if do_table; then
+  need_salad "$@"
+  check_args "$OUT" "$@"
+  aggregate "$SALAD_RUNS" "$OUT" --rows model.postprocess.fusion \
+    --paper fusion --markdown "$RESULTS/fusion.md" \
+    --title "Table 7: score fusion, $EXPERIMENT" \
+    --note "$(command_line fusion "$@")" --note "$(machine)" --note "$(code_line)"
+fi

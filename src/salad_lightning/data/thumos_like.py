@@ -12,7 +12,8 @@ ActionFormer's release), feature ``i`` covering frames ``[4i, 4i + 16)``. The fe
 driven by the real segments and labels; see docs/synthetic.md.
 
     python -m salad_lightning.data.thumos_like --annotations PATH --out DIR \\
-        [--fraction 0.1] [--seed 0] [--feature-dim 2048] [--dtype float32]
+        [--fraction 0.1] [--test-fraction 1.0] [--seed 0] [--feature-dim 2048] \\
+        [--dtype float32] [--amplitude 1.0] [--noise 0.5]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -44,25 +45,32 @@ REPO_ANNOTATIONS = Path(__file__).resolve().parents[3] / "data" / "thumos14" / "
 FEATURE_DIR = "i3d_features"
 
 
-def select_videos(database: dict, fraction: float) -> list[str]:
+def select_videos(
+    database: dict, fraction: float, *, subset_fractions: Mapping[str, float] | None = None
+) -> list[str]:
     """A deterministic ``fraction`` of each subset's videos, in file order.
 
-    Videos are ranked by the SHA-1 of their id (no seed), so the selection does not
+    ``subset_fractions`` gives a subset its own share instead (e.g. ``{"Test": 1.0}``:
+    train on a fraction of ``Validation``, test on every ``Test`` video). Videos are ranked by the SHA-1 of their id (no seed), so the selection does not
     change with the feature seed. Each subset keeps its first ``ceil(fraction * n)``
     videos plus, for every label of the subset that those miss, its first video with
     that label: every class stays in every subset (per-class AP needs it, and a
     class index by ``label_id`` needs all ids). A smaller fraction is a subset of a
     larger one.
     """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], found {fraction}")
+    shares = {None: fraction, **(subset_fractions or {})}
+    for name, share in shares.items():
+        if not 0.0 < share <= 1.0:
+            which = "fraction" if name is None else f"the fraction of subset {name!r}"
+            raise ValueError(f"{which} must be in (0, 1], found {share}")
     by_subset: dict[str, list[str]] = {}
     for vid, video in database.items():
         by_subset.setdefault(str(video.get("subset")), []).append(vid)
     keep: set[str] = set()
-    for vids in by_subset.values():
+    for subset, vids in by_subset.items():
+        share = shares.get(subset, fraction)
         ranked = sorted(vids, key=lambda v: hashlib.sha1(v.encode()).hexdigest())
-        kept = ranked[: max(1, math.ceil(fraction * len(vids) - 1e-9))]
+        kept = ranked[: max(1, math.ceil(share * len(vids) - 1e-9))]
         seen = {a["label"] for v in kept for a in database[v].get("annotations", [])}
         for vid in ranked[len(kept) :]:
             labels = {a["label"] for a in database[vid].get("annotations", [])}
@@ -89,6 +97,7 @@ def make_thumos_like(
     out: str | os.PathLike,
     *,
     fraction: float = 1.0,
+    test_fraction: float | None = None,
     seed: int = 0,
     feature_dim: int = 2048,
     dtype: str = "float32",
@@ -97,7 +106,11 @@ def make_thumos_like(
     default_fps: float = 30.0,
     model: FeatureModel | None = None,
 ) -> Path:
-    """Write the benchmark into ``out`` (skipped when it is there with the same parameters)."""
+    """Write the benchmark into ``out`` (skipped when it is there with the same parameters).
+
+    ``fraction`` of each subset's videos (:func:`select_videos`); ``test_fraction``, when
+    given, the share of the ``Test`` subset instead.
+    """
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, found {dtype!r}")
     raw = Path(annotations).read_bytes()
@@ -119,7 +132,11 @@ def make_thumos_like(
         "default_fps": float(default_fps),
         "feature_model": asdict(model),
     }
-    kept = select_videos(database, fraction)
+    subset_fractions = None
+    if test_fraction is not None:  # only then in params: older folders stay valid
+        params["test_fraction"] = float(test_fraction)
+        subset_fractions = {"Test": float(test_fraction)}
+    kept = select_videos(database, fraction, subset_fractions=subset_fractions)
     index = class_index_from_file(annotations, doc)[0].name_to_id
 
     def build(tmp: Path) -> None:
@@ -161,6 +178,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--fraction", type=float, default=1.0, help="share of each subset's videos to keep"
     )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="share of the Test subset's videos to keep (default: --fraction)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--feature-dim", type=int, default=2048)
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
@@ -174,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.annotations,
         args.out,
         fraction=args.fraction,
+        test_fraction=args.test_fraction,
         seed=args.seed,
         feature_dim=args.feature_dim,
         dtype=args.dtype,
