@@ -230,9 +230,26 @@ def test_predict_a_folder_without_annotations(tmp_path):
     one.setup("predict")
     assert one.datasets["predict"].video_ids == ["clipB"]
     with pytest.raises(
-        ValueError, match="video clipA is not in the annotation file; set default_fps"
+        ValueError,
+        match="video clipA is not in the annotation file; set dataset.datamodule.default_fps",
     ):
         SaladDataModule(feature_dir=str(tmp_path)).setup("predict")
+
+
+def test_predict_one_file_drops_the_dataset_prefix_and_needs_a_fixed_stride(tmp_path):
+    from conftest import write_features
+
+    write_features(tmp_path, {"v_clipC": 40}, 6)
+    one = SaladDataModule(predict_path=str(tmp_path / "v_clipC.npy"), prefix="v_", default_fps=10.0)
+    one.setup("predict")
+    ds = one.datasets["predict"]
+    assert ds.video_ids == ["clipC"]  # the id the annotation file would use
+    assert ds.videos[0].duration == 40 * 4 / 10.0  # stride 4 (the default) / 10 fps
+    resized = SaladDataModule(
+        predict_path=str(tmp_path / "v_clipC.npy"), prefix="v_", default_fps=10.0, resize_to=8
+    )
+    with pytest.raises(ValueError, match=r"video clipC .* resize_to=8 steps"):
+        resized.setup("predict")
 
 
 def test_predict_takes_durations_from_the_annotation_file(thumos_folder, quiet):

@@ -181,6 +181,21 @@ def test_zero_length_and_overlong_ground_truths_are_dropped():
     }
 
 
+def test_per_video_input_left_with_nothing_after_detads_drops_gives_none():
+    """`diagnose_videos` (the run's diagnosis): ground truth only of zero length or
+    longer than its video is nothing to diagnose, not an error; one kept instance is."""
+    from salad_lightning.metrics.diagnosis import diagnose_videos
+
+    def video(vid, duration, segments):
+        gt = {"segments": np.array(segments, float), "labels": np.zeros(len(segments), int)}
+        return {"video_id": vid, "duration": duration, "gt": gt}
+
+    overlong = [video("a", 100.0, [[0, 120]]), video("b", 50.0, [[5, 5]])]
+    assert diagnose_videos(overlong, **THUMOS) is None
+    d = diagnose_videos([*overlong, video("c", 100.0, [[10, 20]])], **THUMOS)
+    assert (d.num_ground_truths, d.num_dropped_ground_truths) == (1, 2)
+
+
 def test_class_without_predictions_scores_zero():
     gts = [(0, 0, 10, 0), (0, 20, 30, 1)]
     d = run([(0, 0, 10, 0, 0.9)], gts, [100], **THUMOS)

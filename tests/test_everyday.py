@@ -169,6 +169,34 @@ def test_a_resume_with_another_config_is_refused_by_key(tmp_path):
     assert "model.loss.mu (0.5 there, 0.7 here)" in res.stderr
 
 
+def test_a_resume_compares_with_the_network_the_run_was_built_with(tmp_path):
+    """A run started from ``ckpt_path`` took the checkpoint's network (hidden_size 16 where
+    the config files say 64) and saved it in config_resolved.yaml: resuming it with the
+    same command line is no config change."""
+    import torch
+    from omegaconf import OmegaConf, open_dict
+
+    from salad_lightning.config import _run_dir
+    from salad_lightning.session import resume_checkpoint
+
+    cfg = compose_cfg(tmp_path, ["dataset=synthetic_tiny"], tiny=False)
+    assert cfg.model.net.hidden_size == 64
+    run = tmp_path / "earlier"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"net_config": {"hidden_size": 16}}, run / "checkpoints" / "last.ckpt")
+    built = cfg.copy()
+    built.model.net.hidden_size = 16
+    (run / "config_resolved.yaml").write_text(OmegaConf.to_yaml(built, resolve=True))
+    with open_dict(cfg):
+        cfg.resume = str(run)
+    assert resume_checkpoint(cfg) == str(run / "checkpoints" / "last.ckpt")
+    assert cfg.model.net.hidden_size == 16
+    # a mistyped RUN fails in the run_dir resolver, before Hydra makes a folder for it
+    assert _run_dir(str(run), "logs") == str(run)
+    with pytest.raises(FileNotFoundError, match=r"resume=.*earlie/checkpoints/last.ckpt"):
+        _run_dir(str(tmp_path / "earlie"), "logs")
+
+
 def test_runs_started_together_get_their_own_folders(tmp_path):
     base = [f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", *TINY]
     run_cli(base + ["mode=check"], cwd=tmp_path)  # the dataset exists before the race
@@ -266,8 +294,8 @@ def test_the_missing_features_hint_works_as_typed(tmp_path):
     feats = tmp_path / "cache" / "synthetic_tiny_seed0" / "features"
     victim = sorted(feats.glob("synth_test_*.npy"))[0]
     victim.unlink()
-    with pytest.raises(FileNotFoundError) as err:
-        run_pipeline(compose_cfg(tmp_path, base))
+    with pytest.raises(ValueError, match=rf"{victim} \(video \w+, test\): no feature file") as err:
+        run_pipeline(compose_cfg(tmp_path, base))  # the pre-flight names it
     hint = _hint(str(err.value))
     assert hint == "dataset.datamodule.skip_missing=true"
     summary = run_pipeline(

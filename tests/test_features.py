@@ -81,7 +81,7 @@ def test_rgb_and_flow_are_concatenated(tmp_path):
     np.save(tmp_path / "rgb" / "w.npy", np.zeros((5, 3), np.float32))
     with pytest.raises(
         ValueError,
-        match=r"video w: RGB and flow lengths differ: .*rgb/w.npy has 5, .*flow/w.npy has 6 steps",
+        match=r"\(video w\): RGB and flow lengths differ: .*rgb/w.npy has 5, .*flow/w.npy has 6 steps",
     ):
         src.load("w")
 

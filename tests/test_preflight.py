@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -38,7 +40,7 @@ def test_each_problem_is_named_with_file_video_and_split(tmp_path):
     assert found["v3"] == (
         "features must be finite, found 0 NaN and 1 Inf values, the first at step 47 (channel 2)"
     )
-    assert found["v4"] == "expected feature_dim 4, found 5 channels"
+    assert found["v4"] == "expected feature_dim 4, found 5 channels (shape (50, 5))"
     assert found["v5"] == "expected floating-point features, found dtype int32"
     assert problems[0].message() == f"{truncated} (video v1, test): {found['v1']}"
     # threads or not, the same problems in video order
@@ -73,3 +75,43 @@ def test_formats_loaded_whole_are_checked_too(tmp_path, ext):
     problems = check_split(src, ["a", "b"], split="train")
     assert [p.video_id for p in problems] == ["b"]
     assert "the first at step 5" in problems[0].problem
+
+
+def test_the_pre_flight_names_every_unusable_file_of_a_split_at_once(make_folder):
+    """A missing file, an unreadable header and a wrong dimension stop the split's
+    construction one at a time; the pre-flight lists all three, then a plain setup
+    still refuses the split."""
+    from salad_lightning.data.datamodule import SaladDataModule
+
+    videos = {
+        f"v{i}": {
+            "subset": "test",
+            "duration": 10.0,
+            "annotations": [{"segment": [1.0, 3.0], "label": "jump"}],
+        }
+        for i in range(5)
+    }
+    folder = make_folder(videos, dim=4, skip=["v1"])
+    feats = folder.feature_dir
+    tmp = Path(feats)
+    (tmp / "v2.npy").write_bytes(b"not an npy file at all")
+    np.save(tmp / "v3.npy", np.zeros((72, 5), np.float32))
+    dm = SaladDataModule(
+        annotation_file=folder.annotation_file,
+        feature_dir=feats,
+        feature_dim=4,
+        train_subset=None,
+        test_subset="test",
+        default_fps=30.0,
+        preflight="full",
+    )
+    report, problems = dm.preflight_report(["test"], log_summary=False)
+    found = {p.video_id: p.problem for p in problems}
+    assert sorted(found) == ["v1", "v2", "v3"]
+    assert found["v1"].startswith("no feature file (to run without it: set")
+    assert found["v2"].startswith("not a readable .npy file")
+    assert found["v3"] == "expected feature_dim 4, found 5 channels (shape (72, 5))"
+    assert all(p.split == "test" for p in problems)
+    assert len(report["problems"]) == 3  # data_report.json lists them too
+    with pytest.raises(FileNotFoundError, match="1 of 5 videos have no feature file"):
+        dm.setup("test")

@@ -7,8 +7,8 @@
 - ``${run_stamp:}``: the run folder's name, ``<date>_<time>_<pid>``: two runs started in
   the same second get two folders. One stamp per process (the processes of a DDP run
   get the first process's folder from Lightning).
-- ``${run_dir:${resume},${paths.log_dir}}``: the folder to resume when ``resume`` is set,
-  else ``<log_dir>/runs/<run_stamp>``.
+- ``${run_dir:${resume},${paths.log_dir}}``: the folder to resume when ``resume`` is set
+  (it must hold ``checkpoints/last.ckpt``), else ``<log_dir>/runs/<run_stamp>``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,13 @@ def _run_stamp() -> str:
 
 
 def _run_dir(resume: str | None, log_dir: str) -> str:
-    return str(resume) if resume else f"{log_dir}/runs/{_run_stamp()}"
+    if not resume:
+        return f"{log_dir}/runs/{_run_stamp()}"
+    # checked here, before Hydra makes the folder: a mistyped RUN leaves nothing behind
+    last = Path(str(resume)) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise FileNotFoundError(f"resume={resume}: {last} does not exist (nothing to resume)")
+    return str(resume)
 
 
 def register_resolvers() -> None:

@@ -82,7 +82,8 @@ def _finish_test(
             images.update(
                 {f"diagnosis/{k}": p for k, p in diagnosis[1].items() if k != "diagnosis"}
             )
-            log_metrics(loggers, reporting.diagnosis_scalars(diagnosis[0], evaluation.split))
+            scalars = reporting.diagnosis_scalars(diagnosis[0], evaluation.split)
+            log_metrics(loggers, scalars, step=trainer.global_step)
         log_images(loggers, images)
         log_per_class_table(loggers, f"{evaluation.split}/per_class_ap", summary)
         # on the console and in the run's run.log
@@ -121,9 +122,15 @@ def _diagnose(node, evaluation, dm, out_dir: Path):
     videos = evaluation.detections + [
         {"video_id": t["video_id"], "duration": t["duration"], "gt": t} for t in unloaded
     ]
-    diagnosis = diagnose_videos(videos, **options)
+    try:  # secondary to the mAP: a video it cannot take (no duration) warns, not fails
+        diagnosis = diagnose_videos(videos, **options)
+    except ValueError as err:
+        log.warning("diagnosis skipped: %s", err)
+        return None
     if diagnosis is None:
-        log.info("diagnosis: no ground truth of positive length in the split; skipped")
+        log.info(
+            "diagnosis: no ground truth of positive length within its video in the split; skipped"
+        )
         return None
     return diagnosis, write_diagnosis(diagnosis, out_dir)
 

@@ -109,6 +109,9 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     last = run / "checkpoints" / "last.ckpt"
     if not last.is_file():
         raise FileNotFoundError(f"resume={resume}: {last} does not exist (nothing to resume)")
+    # the run's network first: a run started from ckpt_path saved the checkpoint's
+    # network in its config_resolved.yaml, which the comparison must see here too
+    net_from_checkpoint(cfg, str(last))
     saved_path = run / "config_resolved.yaml"
     if saved_path.is_file():
         saved = _flat(yaml.safe_load(saved_path.read_text()))

@@ -130,6 +130,9 @@ class SaladDataModule(pl.LightningDataModule):
         self._class_index: ClassIndex | None = None
         self._feature_dim = feature_dim
         self.datasets: dict[str, TADDataset] = {}
+        # set by the pre-flight: a split's missing or unreadable files are reported
+        # together instead of stopping at the first
+        self._defer_file_errors = False
         # split -> (subsets, every record of the split, found or not)
         self._split_records: dict[str, tuple[list[str], list[VideoRecord]]] = {}
 
@@ -232,6 +235,7 @@ class SaladDataModule(pl.LightningDataModule):
             seed=h.seed,
             skip_missing=h.skip_missing,
             name=name,
+            defer_file_errors=self._defer_file_errors,
             **self._mapping_kwargs(),
         )
 
@@ -259,9 +263,14 @@ class SaladDataModule(pl.LightningDataModule):
         """Build the splits of ``stages`` (``fit``, ``validate``, ``test``, ``predict``),
         check every feature file they read (:mod:`~salad_lightning.data.preflight`; values
         too with ``preflight="full"``) and return ``data_report.json``'s content and the
-        unusable files. Logs one summary line per split."""
-        for stage in stages:
-            self.setup(stage)
+        unusable files (missing ones without ``skip_missing`` among them). Logs one summary
+        line per split."""
+        self._defer_file_errors = True
+        try:
+            for stage in stages:
+                self.setup(stage)
+        finally:
+            self._defer_file_errors = False
         names = [n for st in stages for n in STAGE_SPLITS.get(st, (st,)) if n in self.datasets]
         names = list(dict.fromkeys(names))
         values = self.hparams.preflight == "full"
@@ -269,6 +278,7 @@ class SaladDataModule(pl.LightningDataModule):
         splits = []
         for name in names:
             ds = self.datasets[name]
+            problems += [FileProblem(name, v, path, why) for v, path, why in ds.file_errors]
             problems += check_split(
                 ds.source, ds.video_ids, split=name, values=values, workers=workers
             )
@@ -299,6 +309,9 @@ class SaladDataModule(pl.LightningDataModule):
         )
         for name, split in report["splits"].items() if log_summary else ():
             log.info(summary_line(name, split))
+        for name in names:  # a split that left videos out is rebuilt (and raises) on use
+            if self.datasets[name].file_errors:
+                del self.datasets[name]
         return report, problems
 
     def unloaded_targets(self, split: str) -> list[dict[str, Any]]:
@@ -323,10 +336,15 @@ class SaladDataModule(pl.LightningDataModule):
         h, src = self.hparams, self.source
         if h.predict_path is not None and Path(h.predict_path).is_file():
             path = Path(h.predict_path)
+            # the dataset's file prefix (ActivityNet's "v_") is not part of the video id
+            prefix = h.prefix if h.prefix and path.stem.startswith(h.prefix) else ""
             src = FeatureSource(
-                feature_dir=str(path.parent), prefix="", ext=path.suffix, feature_dim=h.feature_dim
+                feature_dir=str(path.parent),
+                prefix=prefix,
+                ext=path.suffix,
+                feature_dim=h.feature_dim,
             )
-            ids = [path.stem]
+            ids = [path.stem[len(prefix) :]]
         else:
             folder = Path(h.predict_path) if h.predict_path is not None else Path(src.dirs[0])
             if not folder.is_dir():
@@ -352,10 +370,20 @@ class SaladDataModule(pl.LightningDataModule):
             if vid in known:
                 duration, fps = known[vid].duration, known[vid].fps
             else:
+                if h.resize_to is not None:
+                    raise ValueError(
+                        f"predict: video {vid} is not in the annotation file, and its duration "
+                        f"cannot come from its features: this dataset resizes every video to "
+                        f"resize_to={h.resize_to} steps, so a step has no fixed length in "
+                        "seconds. Add the video with its duration to the annotation file "
+                        "(dataset.datamodule.annotation_file)"
+                    )
                 if h.default_fps is None:
                     raise ValueError(
-                        f"predict: video {vid} is not in the annotation file; set default_fps "
-                        "(and stride) to derive its duration from its feature length"
+                        f"predict: video {vid} is not in the annotation file; set "
+                        "dataset.datamodule.default_fps=<frames per second> (and "
+                        "dataset.datamodule.stride, frames per feature step) to derive its "
+                        "duration from its feature length"
                     )
                 t = src.scan_shape(vid) or src.load(vid).shape
                 duration, fps = t[0] * h.stride / h.default_fps, None

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from salad_lightning.data.annotations import DataWarning, VideoRecord, _first
 from salad_lightning.data.batch import Batch
 from salad_lightning.data.features import (
+    FeatureFileError,
     FeatureSource,
     check_finite,
     downsample_features,
@@ -121,6 +122,7 @@ class TADDataset(Dataset):
         skip_missing: bool = False,
         name: str = "dataset",
         seed: int = 0,
+        defer_file_errors: bool = False,
     ) -> None:
         if downsample < 1:
             raise ValueError(f"downsample must be >= 1, found {downsample}")
@@ -134,10 +136,15 @@ class TADDataset(Dataset):
         self.downsample, self.resize_to = downsample, resize_to
         self.max_seq_len, self.crop_min_keep = max_seq_len, crop_min_keep
         self.name, self.seed = name, int(seed)
+        # With defer_file_errors (the pre-flight), a missing file or an unreadable header
+        # leaves its video out and is recorded here instead of raising: the pre-flight
+        # then reports every problem of the split at once.
+        self.defer = defer_file_errors
+        self.file_errors: list[tuple[str, str, str]] = []  # (video id, path, problem)
         videos = self._drop_missing(list(videos), skip_missing)
         self.videos: list[VideoRecord] = videos
-        self.mappings = [self._base_mapping(v) for v in videos]
         self.lengths = self._scan_lengths()
+        self.mappings = [self._base_mapping(v) for v in self.videos]
 
     # -- construction checks ------------------------------------------------------
     def _drop_missing(self, videos: list[VideoRecord], skip: bool) -> list[VideoRecord]:
@@ -152,11 +159,20 @@ class TADDataset(Dataset):
             f"{self.name}: {len(missing)} of {len(videos)} videos have no feature file "
             f"({pattern}): {_first(missing)}"
         )
-        if not skip:
+        if not skip and self.defer:
+            self.missing = []  # not skipped: reported as problems, the run stops
+            for vid in missing:
+                where = " + ".join(str(p) for p in self.source.paths(vid))
+                hint = (
+                    "no feature file (to run without it: set dataset.datamodule.skip_missing=true)"
+                )
+                self.file_errors.append((vid, where, hint))
+        elif not skip:
             raise FileNotFoundError(
                 msg + "; to run without them, set dataset.datamodule.skip_missing=true"
             )
-        warnings.warn(msg + "; skipped (skip_missing=true)", DataWarning, stacklevel=3)
+        else:
+            warnings.warn(msg + "; skipped (skip_missing=true)", DataWarning, stacklevel=3)
         gone = set(missing)
         kept = [v for v in videos if v.video_id not in gone]
         if not kept:
@@ -183,10 +199,17 @@ class TADDataset(Dataset):
 
     def _scan_lengths(self) -> list[int]:
         """Sequence lengths (after downsample/resize), from the ``.npy`` headers when possible."""
-        lengths, off = [], []
+        lengths, off, readable = [], [], []
         self.raw_lengths: list[int | None] = []  # feature steps in the file, when known
         for video in self.videos:
-            shape = self.source.scan_shape(video.video_id)
+            try:
+                shape = self.source.scan_shape(video.video_id)
+            except FeatureFileError as err:
+                if not self.defer:
+                    raise
+                self.file_errors.append((video.video_id, err.path, err.problem))
+                continue
+            readable.append(video)
             self.raw_lengths.append(None if shape is None else shape[0])
             if shape is None:  # .pt / .csv: estimated, checked on load
                 raw = (
@@ -209,6 +232,7 @@ class TADDataset(Dataset):
                 DataWarning,
                 stacklevel=3,
             )
+        self.videos = readable
         return lengths
 
     # -- access -------------------------------------------------------------------

@@ -22,6 +22,14 @@ import torch
 SUPPORTED_EXT = (".npy", ".pt", ".csv")
 
 
+class FeatureFileError(ValueError):
+    """A feature file that cannot be used: which file, which video, what is wrong."""
+
+    def __init__(self, path: str | Path, video_id: str, problem: str) -> None:
+        self.path, self.video_id, self.problem = str(path), video_id, problem
+        super().__init__(f"{path} (video {video_id}): {problem}")
+
+
 def npy_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, data offset) from a ``.npy`` header, without reading the data.
 
@@ -151,9 +159,7 @@ class FeatureSource:
             try:
                 shapes.append((p, npy_shape(p)))
             except (ValueError, OSError, EOFError, SyntaxError) as err:
-                raise ValueError(
-                    f"{p} (video {video_id}): not a readable .npy file ({err})"
-                ) from None
+                raise FeatureFileError(p, video_id, f"not a readable .npy file ({err})") from None
         for p, shape in shapes:
             self._check_shape(p, video_id, shape)
         return self._combined_shape(video_id, shapes)
@@ -162,7 +168,12 @@ class FeatureSource:
         """The (T, C) array (memory-mapped for one ``.npy`` file), shape-checked."""
         arrays = []
         for p in self.paths(video_id):
-            arr = read_feature_file(p)
+            try:
+                arr = read_feature_file(p)
+            except FeatureFileError:
+                raise
+            except Exception as err:  # noqa: BLE001 - any reader failure is this file's
+                raise FeatureFileError(p, video_id, f"cannot be read ({err})") from err
             self._check_shape(p, video_id, arr.shape)
             arrays.append((p, arr))
         self._combined_shape(video_id, [(p, a.shape) for p, a in arrays])
@@ -172,13 +183,11 @@ class FeatureSource:
 
     def _check_shape(self, path: Path, video_id: str, shape: tuple[int, ...]) -> None:
         if len(shape) != 2:
-            raise ValueError(
-                f"{path} (video {video_id}): expected a 2-D (T, C) array, found shape {tuple(shape)}"
+            raise FeatureFileError(
+                path, video_id, f"expected a 2-D (T, C) array, found shape {tuple(shape)}"
             )
         if shape[0] == 0 or shape[1] == 0:
-            raise ValueError(
-                f"{path} (video {video_id}): empty feature array, shape {tuple(shape)}"
-            )
+            raise FeatureFileError(path, video_id, f"empty feature array, shape {tuple(shape)}")
 
     def _combined_shape(
         self, video_id: str, shapes: list[tuple[Path, tuple[int, ...]]]
@@ -186,13 +195,16 @@ class FeatureSource:
         lengths = {s[0] for _, s in shapes}
         if len(lengths) > 1:
             found = ", ".join(f"{p} has {s[0]}" for p, s in shapes)
-            raise ValueError(f"video {video_id}: RGB and flow lengths differ: {found} steps")
+            where = " + ".join(str(p) for p, _ in shapes)
+            raise FeatureFileError(where, video_id, f"RGB and flow lengths differ: {found} steps")
         t, c = shapes[0][1][0], sum(s[1] for _, s in shapes)
         if self.feature_dim is not None and c != self.feature_dim:
             where = " + ".join(str(p) for p, _ in shapes)
-            raise ValueError(
-                f"{where} (video {video_id}): expected feature_dim {self.feature_dim}, found {c} "
-                f"(shape {tuple(s for _, s in shapes)})"
+            raise FeatureFileError(
+                where,
+                video_id,
+                f"expected feature_dim {self.feature_dim}, found {c} channels "
+                f"(shape {' + '.join(str(tuple(s)) for _, s in shapes)})",
             )
         return t, c
 

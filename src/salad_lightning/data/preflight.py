@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from salad_lightning.data.features import (
+    FeatureFileError,
     FeatureSource,
     first_non_finite,
     npy_header,
-    read_feature_file,
 )
 
 
@@ -46,71 +46,51 @@ class FileProblem:
         return f"{self.path} (video {self.video_id}, {self.split}): {self.problem}"
 
 
-def _check_npy(path: Path, feature_dim: int | None, values: bool) -> tuple[str | None, int]:
-    """(problem, channels) of one ``.npy`` file."""
+def _check_npy_data(path: Path, values: bool) -> str | None:
+    """What is wrong with a ``.npy`` file whose header the dataset has read: its dtype,
+    fewer bytes than the header promises (an interrupted copy), non-finite values."""
     try:
         shape, dtype, offset = npy_header(path)
     except (ValueError, OSError, EOFError, SyntaxError) as err:
-        return f"not a readable .npy file ({err})", 0
-    if len(shape) != 2 or 0 in shape:
-        return f"expected a non-empty 2-D (T, C) array, found shape {shape}", 0
+        return f"not a readable .npy file ({err})"
     if dtype.kind != "f":
-        return f"expected floating-point features, found dtype {dtype}", shape[1]
+        return f"expected floating-point features, found dtype {dtype}"
     expected = offset + int(np.prod(shape)) * dtype.itemsize
     size = os.path.getsize(path)
     if size < expected:
         return (
             f"truncated: the header promises {shape} {dtype} ({expected - offset} bytes of "
-            f"data) but the file holds {max(size - offset, 0)}",
-            shape[1],
+            f"data) but the file holds {max(size - offset, 0)}"
         )
     if values:
         # one sequential read of the whole file: faster from disk than a memory map's
         # page faults (experiments/benchmarks/data.py --parts preflight)
-        x = np.load(path, allow_pickle=False)
-        bad = first_non_finite(x)
+        bad = first_non_finite(np.load(path, allow_pickle=False))
         if bad is not None:
-            return f"features must be finite, found {bad}", shape[1]
-    return None, shape[1]
-
-
-def _check_loaded(path: Path, values: bool) -> tuple[str | None, int]:
-    try:
-        x = np.asarray(read_feature_file(path))
-    except Exception as err:  # noqa: BLE001 - any reader failure is this file's problem
-        return f"cannot be read ({type(err).__name__}: {err})", 0
-    if x.ndim != 2 or 0 in x.shape:
-        return f"expected a non-empty 2-D (T, C) array, found shape {x.shape}", 0
-    if values:
-        bad = first_non_finite(np.asarray(x, dtype=np.float32))
-        if bad is not None:
-            return f"features must be finite, found {bad}", x.shape[1]
-    return None, x.shape[1]
+            return f"features must be finite, found {bad}"
+    return None
 
 
 def check_video(
     source: FeatureSource, video_id: str, *, split: str, values: bool = True
 ) -> list[FileProblem]:
-    """Problems of one video's feature file(s) (RGB and flow: each file, then the sum)."""
-    problems, channels = [], 0
-    for path in source.paths(video_id):
-        if path.suffix.lower() == ".npy":
-            problem, c = _check_npy(path, source.feature_dim, values)
-        else:
-            problem, c = _check_loaded(path, values)
-        channels += c
+    """Problems of one video's feature file(s). Shapes and the dimension are the
+    source's own checks (``.npy`` headers, or the whole ``.pt`` / ``.csv`` file)."""
+    try:
+        source.scan_shape(video_id)  # .npy: headers, shapes, feature_dim; else None
+        if source.ext.lower() != ".npy":
+            x = source.load(video_id)
+            bad = first_non_finite(np.asarray(x, dtype=np.float32)) if values else None
+            if bad is not None:
+                where = " + ".join(str(p) for p in source.paths(video_id))
+                raise FeatureFileError(where, video_id, f"features must be finite, found {bad}")
+    except FeatureFileError as err:
+        return [FileProblem(split, video_id, err.path, err.problem)]
+    problems = []
+    for path in source.paths(video_id) if source.ext.lower() == ".npy" else ():
+        problem = _check_npy_data(path, values)
         if problem is not None:
             problems.append(FileProblem(split, video_id, str(path), problem))
-    if not problems and source.feature_dim is not None and channels != source.feature_dim:
-        where = " + ".join(str(p) for p in source.paths(video_id))
-        problems.append(
-            FileProblem(
-                split,
-                video_id,
-                where,
-                f"expected feature_dim {source.feature_dim}, found {channels} channels",
-            )
-        )
     return problems
 
 

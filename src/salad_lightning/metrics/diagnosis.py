@@ -347,7 +347,8 @@ def diagnose_videos(videos: Sequence[dict[str, Any]], **kwargs: Any) -> Diagnosi
     """`diagnose` on per-video dicts: ``video_id``, ``duration``, ``gt`` (``segments``,
     ``labels``) and, for a video with predictions, ``segments``, ``scores``, ``labels``.
     Videos are indexed in the order of `video_key`, so equal scores rank as in the
-    evaluator. None when no ground truth of positive length is left to diagnose.
+    evaluator. None when DETAD's drops (zero length, longer than the video) leave no
+    ground truth to diagnose.
     ``kwargs`` go to `diagnose` (a preset, for example)."""
     from salad_lightning.metrics.functional import video_key
 
@@ -357,7 +358,11 @@ def diagnose_videos(videos: Sequence[dict[str, Any]], **kwargs: Any) -> Diagnosi
         [(i, v if "scores" in v else empty) for i, v in enumerate(videos)] or [(0, empty)], True
     )
     gv, gs, gl = _flatten([(i, v["gt"]) for i, v in enumerate(videos)] or [(0, empty)], False)
-    if not np.any(gs[:, 1] > gs[:, 0]):
+    duration = np.array([float(v["duration"]) for v in videos] or [0.0])
+    length = gs[:, 1] - gs[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coverage = length / duration[gv]
+    if not np.any((length > 0) & (coverage <= 1)):  # DETAD's drops leave nothing
         return None
     return diagnose(
         pred_video=pv,
@@ -367,7 +372,7 @@ def diagnose_videos(videos: Sequence[dict[str, Any]], **kwargs: Any) -> Diagnosi
         gt_video=gv,
         gt_segments=gs,
         gt_labels=gl,
-        video_duration=np.array([float(v["duration"]) for v in videos]),
+        video_duration=duration[: len(videos)],
         **kwargs,
     )
 

@@ -17,7 +17,8 @@ has fixed shapes and fixed addresses, so
   up to ``max_graphs``; further shapes run eagerly;
 - every graph writes its gradients into the same tensors, which become ``p.grad``
   before each replay; the optimiser step stays outside the graph (a fused launch
-  through Lightning, so step counting, hooks and schedulers are Lightning's).
+  through Lightning, so step counting and hooks are Lightning's; the per-epoch
+  scheduler step, which manual optimisation leaves to the module, is this strategy's).
 
 Under DDP the replayed gradients are averaged across processes by this module, in
 buckets (:func:`all_reduce_gradients`): DDP's own reducer hooks the autograd engine's

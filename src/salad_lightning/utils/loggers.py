@@ -145,11 +145,12 @@ def log_images(loggers: list[Any], images: dict[str, Path]) -> None:
                 lg.experiment.add_image(key, img, dataformats="HWC")
 
 
-def log_metrics(loggers: list[Any], metrics: dict[str, float]) -> None:
-    """Scalars outside a Lightning loop (the diagnosis' numbers) to every logger."""
+def log_metrics(loggers: list[Any], metrics: dict[str, float], step: int) -> None:
+    """Scalars outside a Lightning loop (the diagnosis' numbers) to every logger, at the
+    trainer's ``step`` (the CSV row and the W&B point sit with the test metrics)."""
     if metrics:
         for lg in loggers:
-            lg.log_metrics(metrics)
+            lg.log_metrics(metrics, step=step)
 
 
 def log_per_class_table(loggers: list[Any], key: str, summary: dict[str, Any]) -> None:
@@ -169,8 +170,8 @@ def close_loggers(loggers: list[Any], *, failed: bool = False) -> None:
     for lg in loggers:
         try:
             lg.finalize("failed" if failed else "success")
-        except Exception:  # noqa: BLE001 - closing must not hide the original error
-            pass
+        except Exception as err:  # noqa: BLE001 - closing must not hide the original error
+            _log.warning("%s could not be finalized: %s", type(lg).__name__, err)
         if type(lg).__name__ == "WandbLogger":
             import wandb
 
