@@ -12,7 +12,7 @@ import torch
 from _literal_nms import literal_soft_nms, literal_tiou, literal_topk, thumos_like_proposals
 from salad_lightning.data.mapping import TimeMapping
 from salad_lightning.models.net import SaladOutput
-from salad_lightning.models.nms import batched_soft_nms_torch, soft_nms_numpy
+from salad_lightning.models.nms import NMSSettings, soft_nms_numpy
 from salad_lightning.models.postprocess import (
     batched_soft_nms,
     decode,
@@ -90,10 +90,11 @@ def _run(impl, segments, scores, labels, **kw):
         )
         assert index.dtype == np.int64 and score.dtype == np.float64
         return index.tolist(), torch.from_numpy(score)
-    fn = batched_soft_nms_torch if impl == "torch-cpu" else batched_soft_nms
+    if impl == "torch-cpu":
+        kw["backend"] = "torch"
     device = "cpu" if impl == "torch-cpu" else impl.split("-")[1]
     batch = (x[None] for x in _tensors(segments, scores, labels, device))
-    index, score, kept = (x[0].cpu() for x in fn(*batch, **kw))
+    index, score, kept = (x[0].cpu() for x in batched_soft_nms(*batch, **kw))
     n = int(kept.sum())
     assert kept[:n].all() and not kept[n:].any()
     return index[:n].tolist(), score[:n]
@@ -334,6 +335,12 @@ def test_soft_nms_argument_errors():
         soft_nms(s, torch.ones(2), torch.zeros(2), sigma=0.0)
     with pytest.raises(ValueError, match="candidates"):
         soft_nms_numpy(s.numpy(), np.ones(2), np.zeros(2), candidates=0)
+    with pytest.raises(ValueError, match="max_segments must be >= 0"):
+        NMSSettings(max_segments=-1)
+    with pytest.raises(TypeError, match="iou_treshold"):  # a typo names itself
+        soft_nms(s, torch.ones(2), torch.zeros(2), iou_treshold=0.3)
+    with pytest.raises(ValueError, match="backend 'numpy'"):
+        batched_soft_nms(s[None], torch.ones(1, 2), torch.zeros(1, 2), backend="numpy")
     with pytest.raises(ValueError, match="finite"):
         soft_nms_numpy(np.array([[0.0, np.nan], [0, 1]]), np.ones(2), np.zeros(2))
 
@@ -347,7 +354,7 @@ def test_batched_soft_nms_non_finite_segments_take_the_torch_loop():
     )
     seg[1, 3, 1] = math.nan
     got = batched_soft_nms(seg, sc, lab, max_segments=10)
-    loop = batched_soft_nms_torch(seg, sc, lab, max_segments=10)
+    loop = batched_soft_nms(seg, sc, lab, max_segments=10, backend="torch")
     for g, t in zip(got, loop):
         torch.testing.assert_close(g[1], t[1])
     index, _ = _run("numpy", *(x.tolist() for x in (seg[0], sc[0], lab[0])), max_segments=10)

@@ -20,7 +20,7 @@ Per case, on one thread (``--threads``), each timed ``--repeats`` times in turn 
   score >= min_score (ActionFormer filters before its NMS; ours filters inside, in the
   time);
 - ``literal``: the plain-Python loop of ``tests/_literal_nms.py`` (3 runs);
-- ``torch loop``: ``batched_soft_nms_torch`` on the CPU, the loop a GPU runs (3 runs).
+- ``torch loop``: ``batched_soft_nms(..., backend="torch")`` on the CPU, the loop a GPU runs (3 runs).
 
 and whether the kept proposals agree: with the literal loop, the same positions in the
 same order; with the peer, the same set (its float32 arithmetic and its ties differ).
@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from salad_lightning.models.nms import batched_soft_nms, batched_soft_nms_torch
+from salad_lightning.models.nms import batched_soft_nms
 from salad_lightning.models.postprocess import offsets_to_segments, postprocess_batch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,7 +166,9 @@ def run_case(name, n, classes, mode, kept, *, peer, repeats, seed=0):
         ref = literal_soft_nms(s64, c64, labels, sigma=SIGMA, max_segments=kept)
         times["literal"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        batched_soft_nms_torch(*batch, max_segments=kept, sigma=SIGMA, min_score=MIN_SCORE)
+        batched_soft_nms(
+            *batch, max_segments=kept, sigma=SIGMA, min_score=MIN_SCORE, backend="torch"
+        )
         times["torch loop"].append(time.perf_counter() - t0)
     row = {k: median_ms(t) for k, t in times.items()}
     row["same as literal"] = ours_index == [i for i, _ in ref]

@@ -2,8 +2,9 @@
 
 Both give the result of the greedy loop that :func:`soft_nms` documents: pick the highest
 current score, decay the proposals it overlaps, repeat. :func:`batched_soft_nms` sends CPU
-tensors to :func:`soft_nms_numpy`, one video at a time, and everything else (CUDA) to
-:func:`batched_soft_nms_torch`, which runs that loop on the whole batch at once.
+tensors to :func:`soft_nms_numpy`, one video at a time, and everything else (CUDA) to a
+torch loop (``backend="torch"``) that runs the greedy loop on the whole batch at once.
+The settings every entry point takes are the fields of :class:`NMSSettings`.
 
 :func:`soft_nms_numpy` does not follow the loop one pick at a time. Call a proposal *x*
 hit by *z* when picking *z* would change or remove *x*'s score (same class unless
@@ -24,6 +25,7 @@ ActivityNet-sized video) go one pick at a time, which is cheaper there.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,13 +44,34 @@ LOOP_BELOW = 16384
 _TINY = np.finfo(np.float64).tiny
 
 
-def _check_args(method: str, sigma: float, max_segments: int | None) -> None:
-    if method not in NMS_METHODS:
-        raise ValueError(f"unknown NMS method {method!r}; allowed: {', '.join(NMS_METHODS)}")
-    if method == "gaussian" and not sigma > 0:
-        raise ValueError(f"sigma must be > 0 for Gaussian soft-NMS, found {sigma}")
-    if max_segments is not None and max_segments < 0:
-        raise ValueError(f"max_segments must be >= 0 or None, found {max_segments}")
+@dataclass(frozen=True)
+class NMSSettings:
+    """The settings of soft-NMS (semantics in :func:`soft_nms`), checked once here.
+
+    Every entry point (:func:`soft_nms`, :func:`batched_soft_nms`,
+    :func:`soft_nms_numpy`) takes these fields as keyword arguments.
+    """
+
+    method: str = "gaussian"
+    sigma: float = 0.5
+    iou_threshold: float = 0.5
+    min_score: float = 0.001
+    max_segments: int | None = 200
+    class_agnostic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in NMS_METHODS:
+            raise ValueError(
+                f"unknown NMS method {self.method!r}; allowed: {', '.join(NMS_METHODS)}"
+            )
+        if self.method == "gaussian" and not self.sigma > 0:
+            raise ValueError(f"sigma must be > 0 for Gaussian soft-NMS, found {self.sigma}")
+        if self.max_segments is not None and self.max_segments < 0:
+            raise ValueError(f"max_segments must be >= 0 or None, found {self.max_segments}")
+
+    def cap(self, m: int) -> int:
+        """How many of ``m`` proposals can be kept."""
+        return m if self.max_segments is None else min(self.max_segments, m)
 
 
 def _pair_iou(s1, e1, n1, s2, e2, n2):
@@ -74,14 +97,9 @@ def soft_nms_numpy(
     labels: np.ndarray,
     valid: np.ndarray | None = None,
     *,
-    method: str = "gaussian",
-    sigma: float = 0.5,
-    iou_threshold: float = 0.5,
-    min_score: float = 0.001,
-    max_segments: int | None = 200,
-    class_agnostic: bool = False,
     candidates: int = ROUND_CANDIDATES,
     loop_below: int = LOOP_BELOW,
+    **settings: object,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Soft-NMS of one video in NumPy: segments (M, 2), scores (M,), labels (M,), valid (M,).
 
@@ -89,26 +107,31 @@ def soft_nms_numpy(
     and their scores when picked, float64. Semantics as :func:`soft_nms`. Segments must
     be finite. Small problems (proposals x kept < ``loop_below``) go one pick at a time,
     the others in rounds (this module's docstring) of ``candidates`` (>= 1) proposals.
-    Neither changes the result, only the speed.
+    Neither changes the result, only the speed. ``settings``: :class:`NMSSettings`.
     """
-    _check_args(method, sigma, max_segments)
+    return _numpy_one(
+        segments, scores, labels, valid, NMSSettings(**settings), candidates, loop_below
+    )
+
+
+def _numpy_one(segments, scores, labels, valid, o: NMSSettings, candidates, loop_below):
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, found {candidates}")
     scores = np.asarray(scores, dtype=np.float64)
-    keep = scores >= min_score
+    keep = scores >= o.min_score
     if valid is not None:
         keep &= np.asarray(valid, dtype=bool)
     keep = np.flatnonzero(keep)
-    cap = keep.size if max_segments is None else min(max_segments, keep.size)
+    cap = o.cap(keep.size)
     if cap == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
     seg = np.asarray(segments, dtype=np.float64)
     s, e = seg[:, 0][keep], seg[:, 1][keep]  # (column gathers are cheaper than rows)
     if not (np.isfinite(s).all() and np.isfinite(e).all()):
         raise ValueError("soft_nms_numpy needs finite segments")
-    lab = np.zeros(keep.size, np.int64) if class_agnostic else np.asarray(labels)[keep]
+    lab = np.zeros(keep.size, np.int64) if o.class_agnostic else np.asarray(labels)[keep]
     args = (s, e, scores[keep], lab, keep)
-    kw = dict(method=method, sigma=sigma, iou_threshold=iou_threshold, min_score=min_score)
+    kw = dict(method=o.method, sigma=o.sigma, iou_threshold=o.iou_threshold, min_score=o.min_score)
     if keep.size * cap < loop_below:
         return _loop(*args, cap=cap, **kw)
     return _rounds(*args, cap=cap, candidates=candidates, **kw)
@@ -250,38 +273,29 @@ def batched_soft_nms(
     labels: Tensor,
     valid: Tensor | None = None,
     *,
-    method: str = "gaussian",
-    sigma: float = 0.5,
-    iou_threshold: float = 0.5,
-    min_score: float = 0.001,
-    max_segments: int | None = 200,
-    class_agnostic: bool = False,
+    backend: str = "auto",
+    **settings: object,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Soft-NMS on B videos at once: segments (B, M, 2), scores/labels/valid (B, M).
 
     Returns ``(index, score, kept)``, each (B, S) with ``S = min(max_segments, M)``:
     ``index[b, j]`` is the position (into M) of the j-th kept proposal of video b,
     ``score[b, j]`` its score when it was picked (after decay), ``kept[b, j]`` False
-    for the slots past the end of video b's list. Semantics as :func:`soft_nms`.
+    for the slots past the end of video b's list. Semantics as :func:`soft_nms`;
+    ``settings``: the fields of :class:`NMSSettings`.
 
-    CPU tensors go through :func:`soft_nms_numpy` video by video (a video with a
-    non-finite segment through the torch loop); other devices through
-    :func:`batched_soft_nms_torch`.
+    ``backend="auto"``: CPU tensors go through :func:`soft_nms_numpy` video by video (a
+    video with a non-finite segment through the torch loop), other devices through the
+    torch loop. ``backend="torch"``: the torch loop on any device (what a GPU runs).
     """
-    _check_args(method, sigma, max_segments)
+    o = NMSSettings(**settings)
     _check_shapes(segments, scores)
-    kw = dict(
-        method=method,
-        sigma=sigma,
-        iou_threshold=iou_threshold,
-        min_score=min_score,
-        max_segments=max_segments,
-        class_agnostic=class_agnostic,
-    )
-    if segments.device.type != "cpu":
-        return batched_soft_nms_torch(segments, scores, labels, valid, **kw)
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"unknown soft-NMS backend {backend!r}; allowed: auto, torch")
+    if backend == "torch" or segments.device.type != "cpu":
+        return _torch_loop(segments, scores, labels, valid, o)
     B, M = scores.shape
-    S = M if max_segments is None else min(max_segments, M)
+    S = o.cap(M)
     # float64 here: NumPy has no bfloat16, and soft_nms_numpy works in float64 anyway.
     seg_np, score_np = (x.detach().double().numpy() for x in (segments, scores))
     label_np = labels.detach().numpy()
@@ -291,14 +305,13 @@ def batched_soft_nms(
     for b in range(B):
         v = None if valid_np is None else valid_np[b]
         if np.isfinite(seg_np[b]).all():
-            i, sc = soft_nms_numpy(seg_np[b], score_np[b], label_np[b], v, **kw)
+            i, sc = _numpy_one(
+                seg_np[b], score_np[b], label_np[b], v, o, ROUND_CANDIDATES, LOOP_BELOW
+            )
         else:  # keep the torch loop's handling of NaN / inf segments
-            i, sc, k = batched_soft_nms_torch(
-                segments[b : b + 1],
-                scores[b : b + 1],
-                labels[b : b + 1],
-                None if valid is None else valid[b : b + 1],
-                **kw,
+            one = None if valid is None else valid[b : b + 1]
+            i, sc, k = _torch_loop(
+                segments[b : b + 1], scores[b : b + 1], labels[b : b + 1], one, o
             )
             i, sc = i[0][k[0]].numpy(), sc[0][k[0]].double().numpy()
         index[b, : i.size] = i
@@ -315,18 +328,8 @@ def _check_shapes(segments: Tensor, scores: Tensor) -> None:
         )
 
 
-def batched_soft_nms_torch(
-    segments: Tensor,
-    scores: Tensor,
-    labels: Tensor,
-    valid: Tensor | None = None,
-    *,
-    method: str = "gaussian",
-    sigma: float = 0.5,
-    iou_threshold: float = 0.5,
-    min_score: float = 0.001,
-    max_segments: int | None = 200,
-    class_agnostic: bool = False,
+def _torch_loop(
+    segments: Tensor, scores: Tensor, labels: Tensor, valid: Tensor | None, o: NMSSettings
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`batched_soft_nms` as one torch loop over the batch, on any device.
 
@@ -337,10 +340,9 @@ def batched_soft_nms_torch(
     other devices, where the check is a sync). On a GPU it is launch-bound, so the
     batch is what pays (``experiments/benchmarks/postprocess.py``).
     """
-    _check_args(method, sigma, max_segments)
-    _check_shapes(segments, scores)
+    method, sigma, iou_threshold, min_score = o.method, o.sigma, o.iou_threshold, o.min_score
     B, M = scores.shape
-    S = M if max_segments is None else min(max_segments, M)
+    S = o.cap(M)
     neg_inf = -math.inf
     # A removed proposal holds -inf: one tensor carries both scores and liveness.
     keep = scores >= min_score
@@ -368,7 +370,7 @@ def batched_soft_nms_torch(
         s, e = starts.gather(1, best), ends.gather(1, best)
         inter = (torch.minimum(ends, e) - torch.maximum(starts, s)).clamp_(min=0)
         iou = (inter / (lengths + (e - s) - inter).clamp_(min=tiny)).to(scores.dtype)
-        same = None if class_agnostic else labels == labels.gather(1, best)
+        same = None if o.class_agnostic else labels == labels.gather(1, best)
         if method == "gaussian":
             # exp(-iou^2 / sigma) as a power of 2: on CPU, torch.exp of a few thousand
             # elements goes through a multithreaded path that can be 1000x slower
@@ -392,20 +394,13 @@ def batched_soft_nms_torch(
 
 
 def soft_nms(
-    segments: Tensor,
-    scores: Tensor,
-    labels: Tensor,
-    *,
-    method: str = "gaussian",
-    sigma: float = 0.5,
-    iou_threshold: float = 0.5,
-    min_score: float = 0.001,
-    max_segments: int | None = 200,
-    class_agnostic: bool = False,
+    segments: Tensor, scores: Tensor, labels: Tensor, **settings: object
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Soft-NMS of one video: segments (M, 2), scores (M,), labels (M,).
 
-    Returns the kept ``(segments, scores, labels)`` sorted by score descending, the
+    ``settings`` are the fields of :class:`NMSSettings` (by default Gaussian decay,
+    ``sigma`` 0.5, ``iou_threshold`` 0.5, ``min_score`` 0.001, ``max_segments`` 200,
+    per class). Returns the kept ``(segments, scores, labels)`` sorted by score descending, the
     scores being the decayed ones. Semantics:
 
     1. proposals with ``score < min_score`` are dropped at the start;
@@ -423,15 +418,7 @@ def soft_nms(
     :func:`batched_soft_nms` (NumPy on the CPU, the torch loop elsewhere).
     """
     index, kept_score, kept = batched_soft_nms(
-        segments.unsqueeze(0),
-        scores.unsqueeze(0),
-        labels.unsqueeze(0),
-        method=method,
-        sigma=sigma,
-        iou_threshold=iou_threshold,
-        min_score=min_score,
-        max_segments=max_segments,
-        class_agnostic=class_agnostic,
+        segments.unsqueeze(0), scores.unsqueeze(0), labels.unsqueeze(0), **settings
     )
     index = index[0][kept[0]].to(segments.device)
     return segments[index], kept_score[0][kept[0]], labels[index]
