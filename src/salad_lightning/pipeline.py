@@ -39,10 +39,12 @@ log = logging.getLogger(__name__)
 # Lightning notes that the module's own batch transfer wins over the datamodule's: that
 # is intended (only tensors travel, lit_module.py); the pytree note is Lightning's own;
 # the evaluation metrics are reduced across processes by torchmetrics, so logging them
-# without sync_dist is intended too.
+# without sync_dist is intended too. Test, validate and predict build no checkpoint
+# callbacks (session.make_trainer), so Lightning's request for them is moot there.
 warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
 warnings.filterwarnings("ignore", message=".*It is recommended to use `self.log\\(.*sync_dist=True")
+warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be")
 
 
 class _DropLightningTips(logging.Filter):
