@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -385,3 +386,16 @@ def test_anet_paper_runs_one_epoch(tmp_path, anet_folder):
     )
     assert len(metrics["tiou_thresholds"]) == 10
     assert all(0.0 <= metrics[f"test/mAP@{t}"] <= 1.0 for t in metrics["tiou_thresholds"])
+
+
+def test_the_data_benchmark_streams_an_epoch_of_a_few_files(tmp_path):
+    # make bench runs it; it reads the DataModule's batches as the app does (a typed Batch)
+    res = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "benchmarks" / "data.py"),
+         "--videos", "8", "--steps", "50", "--dim", "16", "--workers", "0",
+         "--parts", "preflight", "epoch", "--dir", str(tmp_path / "feats")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert re.search(r"epoch: [\d.]+ s = \d+ videos/s", res.stdout), res.stdout
+    assert "videos 8 " in res.stdout

@@ -121,7 +121,7 @@ def one_epoch(folder: Path, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     loader = iter(dm.train_dataloader())
     for batch in loader:
-        n += batch["features"].shape[0]
+        n += batch.size
     del loader  # joins the workers, so RUSAGE_CHILDREN covers them
     epoch_s = time.perf_counter() - t0
     sampler.stop.set()
