@@ -10,6 +10,7 @@ import importlib.util
 import itertools
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -399,3 +400,21 @@ def test_the_data_benchmark_streams_an_epoch_of_a_few_files(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert re.search(r"epoch: [\d.]+ s = \d+ videos/s", res.stdout), res.stdout
     assert "videos 8 " in res.stdout
+
+
+def test_a_table_script_trains_salad_once_however_often_it_needs_it(tmp_path):
+    # pruning.sh calls need_salad before its runs and again before its table
+    tables = tmp_path / "experiments" / "tables"
+    tables.mkdir(parents=True)
+    (tables / "_common.sh").write_text((REPO / "experiments/tables/_common.sh").read_text())
+    (tables / "salad.sh").write_text("echo trained >> salad.log\n")
+    (tables / "two.sh").write_text(
+        'source "$(dirname "$0")/_common.sh"\nneed_salad x=1\nneed_salad x=1\n'
+    )
+    res = subprocess.run(
+        ["bash", str(tables / "two.sh")], cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "PYTHON": sys.executable, "STEP": "all"}, timeout=60,
+    )  # fmt: skip
+    # the second call checks the runs' args.txt (none here: the stub writes none)
+    assert (tmp_path / "salad.log").read_text() == "trained\n"
+    assert "was not made with" in res.stderr and res.returncode == 1

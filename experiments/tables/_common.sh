@@ -81,12 +81,14 @@ check_args() {
 }
 
 # need_salad ARGS...: the SALAD runs of this table, trained with salad.sh unless
-# REUSE_SALAD=1 or STEP=table, in which case they must already be there
+# REUSE_SALAD=1 or STEP=table, in which case they must already be there. Once trained,
+# a script's later calls reuse them (pruning.sh needs them before its runs and its table).
 need_salad() {
   if [ "${REUSE_SALAD:-0}" = 1 ] || [ "$STEP" = table ]; then
     check_args "$SALAD_RUNS" "$@" || { echo "run experiments/tables/salad.sh first" >&2; exit 1; }
   else
     bash experiments/tables/salad.sh "$@"
+    REUSE_SALAD=1
   fi
 }
 
