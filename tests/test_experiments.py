@@ -418,3 +418,27 @@ def test_a_table_script_trains_salad_once_however_often_it_needs_it(tmp_path):
     # the second call checks the runs' args.txt (none here: the stub writes none)
     assert (tmp_path / "salad.log").read_text() == "trained\n"
     assert "was not made with" in res.stderr and res.returncode == 1
+
+
+def test_run_args_tell_a_new_untracked_config_apart(tmp_path):
+    # a table must not pair runs made before and after a config file was added
+    tables = tmp_path / "experiments" / "tables"
+    tables.mkdir(parents=True)
+    (tables / "_common.sh").write_text((REPO / "experiments/tables/_common.sh").read_text())
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "a.yaml").write_text("a: 1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+
+    def args() -> str:
+        cmd = f'source "{tables}/_common.sh"; run_args x=1'
+        env = {**os.environ, "PYTHON": sys.executable}
+        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env).stdout
+
+    clean = args()
+    (tmp_path / "conf" / "b.yaml").write_text("b: 2\n")
+    assert args() != clean
+    (tmp_path / "conf" / "b.yaml").unlink()
+    assert args() == clean

@@ -64,7 +64,11 @@ command_line() {
 run_args() {
   local rev digest
   rev=${CODE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
-  digest=$(git diff HEAD -- src conf 2>/dev/null | sha1sum | cut -c1-12)
+  # untracked files count too (a new config), each by name and content
+  digest=$({
+    git diff HEAD -- src conf
+    git ls-files -o --exclude-standard -- src conf | while read -r f; do echo "$f" && cat "$f"; done
+  } 2>/dev/null | sha1sum | cut -c1-12)
   printf '%s\n' "EXPERIMENT=$EXPERIMENT" "SEEDS=$SEEDS" "code=$rev $digest" "$@"
 }
 
