@@ -433,3 +433,28 @@ def test_graphs_under_ddp_train_like_eager_ddp_on_the_device(tmp_path):
         for r in range(2):
             torch.testing.assert_close(states[True][r][name], ref, rtol=1e-5, atol=1e-6, msg=name)
             assert torch.equal(states[False][r][name], ref), name  # ranks agree
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "pruning", "sync"),
+    [
+        ("cpu", "32-true", "salad", True),  # the graph's body, eagerly: what the CPU tests check
+        ("cuda", "16-mixed", "salad", False),  # Lightning's backward: the loss is scaled
+        ("cuda", "32-true", "frozen", False),  # no graphs: DDP's own reducer
+    ],
+)
+def test_under_ddp_the_strategy_averages_gradients_only_in_the_graphs_place(
+    device, precision, pruning, sync
+):
+    from types import SimpleNamespace
+
+    module = make_module(pruning=pruning, cuda_graph=True)
+    trainer = SimpleNamespace(world_size=2, precision=precision)
+    fake = SimpleNamespace(trainer=trainer, device=torch.device(device))
+    step = module.training_step_strategy
+    if pruning == "frozen":
+        step.frozen = object()  # only its presence matters before training
+    with pytest.warns(UserWarning, match="every training step runs eagerly"):
+        step.on_train_start(fake)
+    assert step.graphs is None
+    assert step.sync_gradients is sync

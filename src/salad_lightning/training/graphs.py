@@ -275,9 +275,12 @@ class GraphStep(TrainingStep):
 
     Graphs are used on CUDA devices in 32-bit precision, one process or several; with
     ``pruning=frozen`` (per-video alpha read on the host) or on the CPU in one process,
-    every step runs eagerly, with a warning. Under DDP every step that is not a replay
-    runs the network eagerly and takes its gradients with ``torch.autograd.grad``, as a
-    graph does; the gradients are then averaged by :func:`all_reduce_gradients`.
+    every step runs eagerly, with a warning. Under DDP with graphs every step that is not
+    a replay runs the network eagerly and takes its gradients with ``torch.autograd.grad``,
+    as a graph does; the gradients are then averaged by :func:`all_reduce_gradients`. So
+    it is on the CPU, where the graph's body runs eagerly in the graphs' place (what the
+    CPU tests check). On CUDA without graphs the steps are Lightning's own
+    (``manual_backward``): its DDP reducer averages, its precision plugin scales the loss.
     """
 
     automatic_optimization = False
@@ -315,7 +318,6 @@ class GraphStep(TrainingStep):
     def on_train_start(self, module: pl.LightningModule) -> None:
         trainer = module.trainer
         self.graphs = None
-        self.sync_gradients = trainer.world_size > 1
         why = None
         if self.frozen is not None:
             why = "pruning=frozen reads each video's alpha on the host"
@@ -323,6 +325,11 @@ class GraphStep(TrainingStep):
             why = f"the module is on {module.device.type}, not CUDA"
         elif str(trainer.precision) not in ("32-true", "32"):
             why = f"trainer.precision={trainer.precision} (graphs need 32-true)"
+        # not on CUDA without graphs: autograd.grad outside manual_backward would skip the
+        # loss scaling of 16-mixed precision, and DDP's own reducer overlaps better
+        self.sync_gradients = trainer.world_size > 1 and (
+            why is None or module.device.type != "cuda"
+        )
         if why is not None:
             rank_zero_warn(f"model.cuda_graph=true: every training step runs eagerly: {why}")
             return
