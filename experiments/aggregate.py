@@ -147,7 +147,7 @@ def load_runs(run_dirs: list[Path], row_keys: list[str]) -> list[Run]:
                 continue
             metrics = json.loads(metrics_path.read_text())
             maps = {
-                float(k.split("@", 1)[1]): float(v)
+                float(k.split("@", 1)[1]): math.nan if v is None else float(v)  # null: NaN
                 for k, v in metrics.items()
                 if k.startswith("test/mAP@")
             }

@@ -356,8 +356,13 @@ def test_a_run_inside_the_classification_pretraining_warns(tmp_path):
 
 def test_a_run_with_no_detection_says_why(tmp_path, caplog):
     caplog.set_level("WARNING", logger="salad_lightning")
-    summary = run_pipeline(compose_cfg(tmp_path, ["postprocess.min_score=1.01"]))
+    cfg = compose_cfg(tmp_path, ["postprocess.min_score=1.01"])
+    summary = run_pipeline(cfg)
     assert summary["test/mAP"] == 0.0
+    # no detection, no calibration error: null in metrics.json, which stays strict JSON
+    text = (Path(cfg.paths.output_dir) / "metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    assert metrics["test/ece"] is None
     [msg] = [r.getMessage() for r in caplog.records if "no detection" in r.getMessage()]
     assert "postprocess.min_score is 1.01" in msg
     best = float(msg.split("before NMS, was ")[1].split(";")[0])

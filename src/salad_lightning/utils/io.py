@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -49,7 +50,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+    """Strict JSON: a NaN or infinite float (an ECE without detections, an mAP without
+    ground truth) is written as ``null``, which every JSON reader takes."""
+    try:
+        text = json.dumps(obj, indent=indent, allow_nan=False)
+    except ValueError:  # rare: convert only then (results.json can hold millions of floats)
+        text = json.dumps(_finite(obj), indent=indent, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):  # numpy's float64 too
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _umask() -> int:
