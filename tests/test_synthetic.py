@@ -131,12 +131,22 @@ def test_a_killed_generation_leaves_no_folder_behind(tmp_path):
         "synthetic.synthesize_features = die\n"
         f"synthetic.ensure_synthetic_dataset({str(tmp_path / 'ds')!r}, num_train_videos=2)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
-    assert proc.returncode == -signal.SIGKILL
-    left = [p.name for p in tmp_path.iterdir()]
+    # the same build on another node of a shared file system: its process is not this
+    # host's to find, so its folder is left alone
+    other = tmp_path / "other"
+    other.mkdir()
+    on_node = "import socket\nsocket.gethostname = lambda: 'node-a.example'\n"
+    on_node += code.replace(repr(str(tmp_path / "ds")), repr(str(other / "ds")))
+    for script in (code, on_node):
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+        assert proc.returncode == -signal.SIGKILL
+    left = [p.name for p in tmp_path.iterdir() if p != other]
     assert len(left) == 1 and left[0].startswith(".ds.tmp-")  # what a kill leaves
     root = ensure_synthetic_dataset(tmp_path / "ds", **SMALL)
-    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "other"]
+    ensure_synthetic_dataset(other / "ds", **SMALL)
+    [foreign] = [p.name for p in other.iterdir() if p.name != "ds"]
+    assert foreign.startswith(".ds.tmp-node-a.example-")
     # the folder has the permissions a plain mkdir gives under this umask
     umask = os.umask(0)
     os.umask(umask)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -85,13 +86,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _build_prefix(root: Path) -> str:
+    """The temporary folder of a build is named after its host and process: on a shared
+    file system, another node's build in progress is not this host's to judge."""
+    return f".{root.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
 def _remove_stale_builds(root: Path) -> None:
-    """Temporary folders of builds whose process is gone (a killed run) are removed."""
+    """Temporary folders of this host's builds whose process is gone (a killed run) are
+    removed."""
+    host = socket.gethostname()
     for tmp in root.parent.glob(f".{root.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.split(".tmp-", 1)[1].split("-", 1)[0])
-        except ValueError:
+        # mkdtemp's random suffix has no "-"; host names may
+        parts = tmp.name.split(".tmp-", 1)[1].rsplit("-", 2)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
             continue
+        pid = int(parts[1])
         if pid != os.getpid() and not _pid_alive(pid):
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -127,7 +137,7 @@ def build_folder_atomically(
         )
     root.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(root)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-{os.getpid()}-", dir=root.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_build_prefix(root), dir=root.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
         build(tmp)
