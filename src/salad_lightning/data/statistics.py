@@ -48,8 +48,8 @@ def dataset_statistics(annotation_file: str | os.PathLike, subset: str | None = 
         durations.append(dur)
         counts.append(len(segs))
         lengths += [e - s for s, e in segs]
-        clipped = [(max(s, 0.0), min(e, dur)) for s, e in segs]
-        coverage.append(_union_length([p for p in clipped if p[1] > p[0]]) / dur)
+        # the training targets: clipped to the video, what cannot be one left out
+        coverage.append(_union_length(video.segments.tolist()) / dur)
         labels |= set(labs)
         for i, ((s, e), lab) in enumerate(zip(segs, labs)):
             others = [
