@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from salad_lightning.data.annotations import DataWarning, VideoRecord, _first
 from salad_lightning.data.batch import Batch
 from salad_lightning.data.features import (
+    LENGTH_RATIO,
     FeatureFileError,
     FeatureSource,
     check_finite,
@@ -39,9 +40,6 @@ from salad_lightning.data.mapping import TimeMapping
 # A ground truth cut by a training crop is kept when at least this share of its
 # length lies inside the crop (ActionFormer uses 0.5; we keep more partial actions).
 CROP_MIN_KEEP = 0.3
-# A warning is raised when a video's feature length is outside this ratio of
-# duration * fps / stride.
-LENGTH_RATIO = (0.5, 2.0)
 
 
 def video_fps(video: VideoRecord, default_fps: float | None) -> float:

@@ -237,5 +237,9 @@ def expected_length(duration: float, fps: float, stride: int) -> float:
     return duration * fps / stride
 
 
+# A video's feature length outside this ratio of duration * fps / stride is reported.
+LENGTH_RATIO = (0.5, 2.0)
+
+
 def length_ratio_ok(length: int, expected: float, low: float = 0.5, high: float = 2.0) -> bool:
     return expected <= 0 or low <= length / expected <= high
