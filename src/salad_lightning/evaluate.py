@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from salad_lightning.data.annotations import load_annotations
+from salad_lightning.metrics.diagnosis import PRESETS
 from salad_lightning.metrics.functional import evaluate_detections, video_key
 
 __all__ = ["DEFAULT_TIOU", "InputError", "evaluate_files", "format_table", "main"]
@@ -299,7 +300,7 @@ def _evaluate_files(
 
 def _diagnose(rows, out_dir: str, preset: str, ground_truth: str) -> str:
     """DETAD's diagnosis of the rows written to ``out_dir``; the note that says where."""
-    from salad_lightning.metrics.diagnosis import PRESETS, diagnose, write_diagnosis
+    from salad_lightning.metrics.diagnosis import diagnose, write_diagnosis
 
     names = ("pred_video", "pred_segments", "pred_scores", "pred_labels")
     names += ("gt_video", "gt_segments", "gt_labels", "video_duration")
@@ -363,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--diagnose-preset",
-        choices=("thumos14", "activitynet"),
+        choices=sorted(PRESETS),
         default="thumos14",
         help="DETAD's defaults: thresholds and bins (default: thumos14)",
     )

@@ -18,6 +18,7 @@ from salad_lightning.metrics.calibration import (
     reliability_diagram_data,
     true_positive_flags,
 )
+from salad_lightning.metrics.diagnosis import ERROR_TYPES
 from salad_lightning.metrics.functional import evaluate_detections
 
 if TYPE_CHECKING:
@@ -38,8 +39,7 @@ __all__ = [
 TRUE_COLOR, FALSE_COLOR, OTHER_COLOR = "tab:blue", "tab:red", "0.55"
 GT_COLORS = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
 TYPE_COLORS = ["#33a02c", "#b2df8a", "#1f78b4", "#fb9a99", "#e31a1c", "#a6cee3"]
-TYPE_NAMES = ["true positive", "double detection", "wrong label", "localization"]
-TYPE_NAMES += ["confusion", "background"]
+TYPE_NAMES = [t.replace("_", " ") for t in ERROR_TYPES]  # "true positive", ...
 CHARACTERISTIC_NAMES = {"length": "length", "coverage": "coverage", "num_instances": "# instances"}
 CHARACTERISTIC_COLORS = {"length": "#f0027f", "coverage": "#386cb0", "num_instances": "#bf5b17"}
 

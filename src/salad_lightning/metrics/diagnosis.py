@@ -70,6 +70,7 @@ from typing import Any, TypedDict
 import numpy as np
 
 from salad_lightning.metrics import _diagnosis_core as core
+from salad_lightning.metrics.functional import _check_thresholds
 
 __all__ = [
     "CHARACTERISTICS",
@@ -263,9 +264,7 @@ def diagnose(
     )
     n_pred = len(pv)
     gv_all, gs_all, gl_all = _rows("gt", gt_video, gt_segments, gt_labels, len(duration))
-    thr = np.asarray(tiou_thresholds, dtype=np.float64).reshape(-1)
-    if thr.size == 0 or not np.all((thr > 0) & (thr <= 1)):
-        raise ValueError(f"tiou_thresholds: expected values in (0, 1], got {thr.tolist()}")
+    thr = _check_thresholds(tiou_thresholds)
     if isinstance(limit_factor, bool) or int(limit_factor) != limit_factor or limit_factor < 1:
         raise ValueError(f"limit_factor: expected a positive integer, got {limit_factor!r}")
     bad = np.flatnonzero(~(duration[gv_all] > 0) | ~np.isfinite(duration[gv_all]))
