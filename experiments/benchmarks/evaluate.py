@@ -121,24 +121,26 @@ def _cpu() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def best_of(repeat, fn):
+def _timed(repeat, fn):
+    """Wall and CPU seconds of ``repeat`` calls, and the last output."""
     walls, cpus, out = [], [], None
     for _ in range(repeat):
         w, c = time.perf_counter(), _cpu()
         out = fn()
         walls.append(time.perf_counter() - w)
         cpus.append(_cpu() - c)
+    return walls, cpus, out
+
+
+def best_of(repeat, fn):
+    """(best wall, best CPU) seconds over ``repeat`` calls, and the last output."""
+    walls, cpus, out = _timed(repeat, fn)
     return min(walls), min(cpus), out
 
 
 def median_of(repeat, fn):
     """(median wall, best wall, median CPU) seconds over ``repeat`` calls, and the last output."""
-    walls, cpus, out = [], [], None
-    for _ in range(repeat):
-        w, c = time.perf_counter(), _cpu()
-        out = fn()
-        walls.append(time.perf_counter() - w)
-        cpus.append(_cpu() - c)
+    walls, cpus, out = _timed(repeat, fn)
     return float(np.median(walls)), min(walls), float(np.median(cpus)), out
 
 
