@@ -23,7 +23,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from salad_lightning import config as _config  # noqa: F401  (registers the resolvers)
 from salad_lightning.utils.instantiate import build, build_list
 from salad_lightning.utils.io import atomic_write_json, atomic_write_text
-from salad_lightning.utils.loggers import closing_loggers
+from salad_lightning.utils.loggers import closing_loggers, override_key
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def command_line_keys() -> set[str]:
         overrides = HydraConfig.get().overrides.task
     except (ImportError, ValueError):
         return set()
-    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    return {override_key(o) for o in overrides}
 
 
 def _plain(value: Any) -> Any:

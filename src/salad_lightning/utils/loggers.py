@@ -3,6 +3,7 @@ loggers always closed (a W&B run is finished even when the job fails)."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections.abc import Iterator
@@ -25,7 +26,6 @@ def wandb_mode(mode: str | None = None) -> str:
 def make_csv_logger(*, save_dir: str, name: str = "csv", version: str = ""):
     """Lightning's ``CSVLogger``, except that it appends to a ``metrics.csv`` already in its
     folder instead of deleting it: a resumed run (``resume=RUN``) keeps its history."""
-    from lightning_fabric.loggers.csv_logs import _ExperimentWriter
     from pytorch_lightning.loggers import CSVLogger
     from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
@@ -34,11 +34,11 @@ def make_csv_logger(*, save_dir: str, name: str = "csv", version: str = ""):
             path = Path(self.metrics_file_path)
             if path.is_file():  # the header is the keys logged so far
                 with open(path, newline="") as fh:
-                    self.metrics_keys = next(iter(__import__("csv").reader(fh)), [])
+                    self.metrics_keys = next(iter(csv.reader(fh)), [])
 
     class AppendingCSVLogger(CSVLogger):
         @property
-        def experiment(self) -> _ExperimentWriter:
+        def experiment(self) -> ExperimentWriter:
             if self._experiment is None:
                 Path(self.root_dir).mkdir(parents=True, exist_ok=True)
                 self._experiment = AppendingWriter(log_dir=self.log_dir)
@@ -94,6 +94,11 @@ def make_wandb_logger(
     return logger
 
 
+def override_key(override: str) -> str:
+    """The config key of a Hydra override (``+a.b=1``, ``~a.b`` and ``a.b=1`` give ``a.b``)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def run_identity(seed: int | None = None) -> tuple[str | None, str | None, list[str]]:
     """(name, group, tags) of this run from Hydra's choices.
 
@@ -117,11 +122,7 @@ def run_identity(seed: int | None = None) -> tuple[str | None, str | None, list[
     tags = [f"dataset:{dataset}", f"ablation:{ablation}"]
     tags += [f"experiment:{experiment}"] if experiment else []
     if hc.mode == RunMode.MULTIRUN:
-        others = [
-            o
-            for o in hc.overrides.task
-            if o.split("=", 1)[0].lstrip("+~") not in ("seed", "ablation")
-        ]
+        others = [o for o in hc.overrides.task if override_key(o) not in ("seed", "ablation")]
         name += f"-{','.join(others)}" if others else ""
         return name, Path(hc.sweep.dir).name, tags
     return name, base, tags
