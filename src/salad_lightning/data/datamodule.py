@@ -134,7 +134,6 @@ class SaladDataModule(pl.LightningDataModule):
         # together instead of stopping at the first
         self._defer_file_errors = False
         # split -> (subsets, every record of the split, found or not)
-        self._split_records: dict[str, tuple[list[str], list[VideoRecord]]] = {}
 
     # -- facts about the data ---------------------------------------------------
     @property
@@ -225,7 +224,6 @@ class SaladDataModule(pl.LightningDataModule):
         source = source or self.source
         if source is None:
             raise ValueError(f"{name}: set feature_dir (or rgb_dir and flow_dir)")
-        self._split_records[name] = (sorted({v.subset for v in videos}), list(videos))
         return TADDataset(
             videos,
             source,
@@ -282,14 +280,13 @@ class SaladDataModule(pl.LightningDataModule):
             problems += check_split(
                 ds.source, ds.video_ids, split=name, values=values, workers=workers
             )
-            subsets, records = self._split_records[name]
             splits.append(
                 SplitData(
                     name=name,
-                    subsets=subsets,
-                    records=records,
+                    subsets=sorted({v.subset for v in ds.records}),
+                    records=ds.records,
                     kept_ids=ds.video_ids,
-                    missing_ids=list(getattr(ds, "missing", [])),
+                    missing_ids=list(ds.missing),
                     raw_lengths=dict(zip(ds.video_ids, ds.raw_lengths)),
                     stride=None if ds.resize_to is not None else ds.stride,
                     default_fps=ds.default_fps,
@@ -318,9 +315,10 @@ class SaladDataModule(pl.LightningDataModule):
         """Ground truth of the split's videos that have no feature file (skipped with
         ``skip_missing``). The official evaluator counts them (positives that nothing
         detects), so the run's metric takes them too, with no prediction."""
-        if split not in self.datasets or split not in self._split_records:
+        if split not in self.datasets:
             return []
-        gone = set(getattr(self.datasets[split], "missing", []))
+        ds = self.datasets[split]
+        gone = set(ds.missing)
         return [
             {
                 "video_id": v.video_id,
@@ -328,7 +326,7 @@ class SaladDataModule(pl.LightningDataModule):
                 "labels": v.raw_labels,
                 "duration": v.duration,
             }
-            for v in self._split_records[split][1]
+            for v in ds.records
             if v.video_id in gone
         ]
 

@@ -139,8 +139,9 @@ class TADDataset(Dataset):
         # then reports every problem of the split at once.
         self.defer = defer_file_errors
         self.file_errors: list[tuple[str, str, str]] = []  # (video id, path, problem)
-        videos = self._drop_missing(list(videos), skip_missing)
-        self.videos: list[VideoRecord] = videos
+        # every video of the split, with or without features (the report, the evaluation)
+        self.records: list[VideoRecord] = list(videos)
+        self.videos: list[VideoRecord] = self._drop_missing(self.records, skip_missing)
         self.lengths = self._scan_lengths()
         self.mappings = [self._base_mapping(v) for v in self.videos]
 
