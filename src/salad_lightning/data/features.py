@@ -170,8 +170,6 @@ class FeatureSource:
         for p in self.paths(video_id):
             try:
                 arr = read_feature_file(p)
-            except FeatureFileError:
-                raise
             except Exception as err:  # noqa: BLE001 - any reader failure is this file's
                 raise FeatureFileError(p, video_id, f"cannot be read ({err})") from err
             self._check_shape(p, video_id, arr.shape)
