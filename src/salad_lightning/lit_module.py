@@ -91,18 +91,15 @@ class SaladLitModule(pl.LightningModule):
         self.tiou_thresholds = tuple(float(t) for t in tiou_thresholds)
         self.class_names = list(class_names) if class_names is not None else None
         self.calibration_bins = int(calibration_bins)
-        graph_options = {} if not cuda_graph else {
-            "warmup_steps": cuda_graph_warmup_steps,
-            "max_graphs": cuda_graph_max_graphs,
-            "time_bucket": cuda_graph_time_bucket,
-        }  # fmt: skip
         self.training_step_strategy = make_training_step(
             net,
             loss,
             compile=compile,
             cuda_graph=cuda_graph,
             frozen=FrozenAlpha.load(frozen_alpha_path) if frozen_alpha_path else None,
-            **graph_options,
+            warmup_steps=cuda_graph_warmup_steps,  # these three: the graph strategy's only
+            max_graphs=cuda_graph_max_graphs,
+            time_bucket=cuda_graph_time_bucket,
         )
         self.automatic_optimization = self.training_step_strategy.automatic_optimization
         self.register_buffer("max_offset", torch.tensor(float(max_offset or 0.0)))

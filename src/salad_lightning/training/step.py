@@ -150,7 +150,8 @@ def make_training_step(
     frozen: FrozenAlpha | None = None,
     **graph_options: Any,
 ) -> TrainingStep:
-    """The strategy the settings ask for (``model.compile``, ``model.cuda_graph``)."""
+    """The strategy the settings ask for (``model.compile``, ``model.cuda_graph``);
+    ``graph_options`` go to the graph strategy (``model.cuda_graph_*``) and only there."""
     if compile and cuda_graph:
         raise ValueError(
             "model.compile=true and model.cuda_graph=true are alternatives (a graph "
