@@ -98,3 +98,16 @@ need_salad() {
 
 # aggregate ARGS...: experiments/aggregate.py
 aggregate() { "$PYTHON" experiments/aggregate.py "$@"; }
+
+# table NAME ROWS TITLE DIR... -- ARGS...: the table of the runs in DIR... paired with
+# SALAD's, printed and written to $RESULTS/NAME.md with the command (NAME.sh ARGS...),
+# the machine and the code
+table() {
+  local name=$1 rows=$2 title=$3 dirs=()
+  shift 3
+  while [ "$1" != -- ]; do dirs+=("$1") && shift; done
+  shift
+  aggregate "$SALAD_RUNS" "${dirs[@]}" --rows "$rows" --paper "$name" \
+    --markdown "$RESULTS/$name.md" --title "$title, $EXPERIMENT" \
+    --note "$(command_line "$name" "$@")" --note "$(machine)" --note "$(code_line)"
+}

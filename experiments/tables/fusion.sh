@@ -21,8 +21,5 @@ fi
 if do_table; then
   need_salad "$@"
   check_args "$OUT" "$@"
-  aggregate "$SALAD_RUNS" "$OUT" --rows model.postprocess.fusion \
-    --paper fusion --markdown "$RESULTS/fusion.md" \
-    --title "Table 7: score fusion, $EXPERIMENT" \
-    --note "$(command_line fusion "$@")" --note "$(machine)" --note "$(code_line)"
+  table fusion model.postprocess.fusion "Table 7: score fusion" "$OUT" -- "$@"
 fi

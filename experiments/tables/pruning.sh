@@ -28,8 +28,6 @@ fi
 if do_table; then
   need_salad "$@"
   check_args "$OUT" "$@"
-  aggregate "$SALAD_RUNS" "$OUT/main" "$OUT/frozen" --rows model.loss.pruning \
-    --paper pruning --markdown "$RESULTS/pruning.md" \
-    --title "Table 5: pruning (who regresses), $EXPERIMENT" \
-    --note "$(command_line pruning "$@")" --note "$(machine)" --note "$(code_line)"
+  table pruning model.loss.pruning "Table 5: pruning (who regresses)" \
+    "$OUT/main" "$OUT/frozen" -- "$@"
 fi

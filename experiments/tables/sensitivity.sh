@@ -31,9 +31,6 @@ if do_table; then
       parts+=("$OUT/$part")
     fi
   done
-  aggregate "$SALAD_RUNS" "${parts[@]}" \
-    --rows model.loss.lambda1,model.loss.lambda2,model.loss.mu \
-    --paper sensitivity --markdown "$RESULTS/sensitivity.md" \
-    --title "Sensitivity to λ1, λ2, µ, $EXPERIMENT" \
-    --note "$(command_line sensitivity "$@")" --note "$(machine)" --note "$(code_line)"
+  table sensitivity model.loss.lambda1,model.loss.lambda2,model.loss.mu \
+    "Sensitivity to λ1, λ2, µ" "${parts[@]}" -- "$@"
 fi

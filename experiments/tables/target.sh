@@ -16,8 +16,5 @@ fi
 if do_table; then
   need_salad "$@"
   check_args "$OUT" "$@"
-  aggregate "$SALAD_RUNS" "$OUT" --rows model.loss.target \
-    --paper target --markdown "$RESULTS/target.md" \
-    --title "Table 6: self-assessment target, $EXPERIMENT" \
-    --note "$(command_line target "$@")" --note "$(machine)" --note "$(code_line)"
+  table target model.loss.target "Table 6: self-assessment target" "$OUT" -- "$@"
 fi
