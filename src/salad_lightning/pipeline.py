@@ -23,6 +23,7 @@ from salad_lightning.losses import frozen
 from salad_lightning.metrics.diagnosis import Bins, diagnose_videos, write_diagnosis
 from salad_lightning.plots import write_plots
 from salad_lightning.session import (
+    build_data,
     keep_csv_rows_before,
     preflight,
     prepare,
@@ -30,7 +31,6 @@ from salad_lightning.session import (
     session,
 )
 from salad_lightning.utils.distributed import gather_videos
-from salad_lightning.utils.instantiate import build
 from salad_lightning.utils.io import atomic_write_json, atomic_write_text
 from salad_lightning.utils.loggers import log_images, log_metrics, log_per_class_table
 
@@ -261,11 +261,7 @@ def check(cfg: DictConfig) -> dict[str, Any]:
     Prints it, writes ``data_report.json`` to the run folder, and fails (after writing)
     when a feature file cannot be used.
     """
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.dataset.get("generate") is not None:
-        build(cfg.dataset.generate)
-    datamodule = build(cfg.dataset.datamodule)
+    datamodule, out_dir = build_data(cfg)
     stages = ["fit"] + (["test"] if datamodule.hparams.test_subset is not None else [])
     report, problems = datamodule.preflight_report(stages, log_summary=False)
     atomic_write_json(out_dir / "data_report.json", report)

@@ -151,8 +151,6 @@ def keep_csv_rows_before(csv_dir: Path, step: int) -> None:
 def prepare(cfg: DictConfig, ckpt: str | None = None) -> tuple[Any, Any, Path]:
     """Seed, generate data if the dataset asks for it, build the datamodule and the model
     (the checkpoint's network when there is one), write ``config_resolved.yaml``."""
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
@@ -160,12 +158,20 @@ def prepare(cfg: DictConfig, ckpt: str | None = None) -> tuple[Any, Any, Path]:
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     if ckpt is not None:
         net_from_checkpoint(cfg, ckpt)
-    if cfg.dataset.get("generate") is not None:
-        build(cfg.dataset.generate)
-    datamodule = build(cfg.dataset.datamodule)
+    datamodule, out_dir = build_data(cfg)
     model = build(cfg.model)
     atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     return datamodule, model, out_dir
+
+
+def build_data(cfg: DictConfig) -> tuple[Any, Path]:
+    """The datamodule (the dataset generated first when its config asks) and the run
+    folder, made."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.dataset.get("generate") is not None:
+        build(cfg.dataset.generate)
+    return build(cfg.dataset.datamodule), out_dir
 
 
 def make_trainer(cfg: DictConfig, *, fitting: bool) -> tuple[pl.Trainer, list[Any]]:
