@@ -21,16 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from salad_lightning.utils.instantiate import build
 
 QUANTILES = (0.5, 0.9, 0.99)
 
 
-def test_scores(run_dir: Path, ckpt: str) -> np.ndarray:
-    """p_t of every valid step of every test video, in dataloader order."""
-    cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
+def test_scores(run_dir: Path, ckpt: str, cfg: DictConfig) -> np.ndarray:
+    """p_t of every valid step of every test video, in dataloader order (``cfg``: the
+    run's config_resolved.yaml)."""
     net = build(cfg.model.net)
     state = torch.load(run_dir / ckpt, map_location="cpu", weights_only=False)["state_dict"]
     net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for run_dir in args.run_dirs:
         cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
         min_score = float(cfg.model.postprocess.min_score)
-        p = test_scores(run_dir, args.ckpt)
+        p = test_scores(run_dir, args.ckpt, cfg)
         print(
             f"{run_dir} (target {cfg.model.loss.target}, seed {cfg.seed}): {describe(p, min_score)}"
         )
