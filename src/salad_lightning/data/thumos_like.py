@@ -166,8 +166,7 @@ def make_thumos_like(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m salad_lightning.data.thumos_like",
-        description="THUMOS14-shaped benchmark: real annotation timing, synthetic features.",
+        prog="python -m salad_lightning.data.thumos_like", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
         "--annotations",
