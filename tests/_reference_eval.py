@@ -127,3 +127,12 @@ def reference_evaluate(
         sum(ap[c][t] for c in range(len(classes))) / len(classes) for t in range(len(thresholds))
     ]
     return classes, ap, mean_ap, sum(mean_ap) / len(mean_ap)
+
+
+def as_instances(*flat):
+    """The project's (pred, gt) `Instances` of the flat rows this transcription takes
+    (pred video, segments, scores, labels, gt video, segments, labels)."""
+    from salad_lightning.metrics.functional import Instances
+
+    pv, ps, scores, pl, gv, gs, gl = flat
+    return Instances(pv, ps, pl, scores), Instances(gv, gs, gl)

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from salad_lightning.metrics.diagnosis import (
     diagnose,
     write_diagnosis,
 )
-from salad_lightning.metrics.functional import evaluate_detections
+from salad_lightning.metrics.functional import Instances, evaluate_detections
 
 THUMOS = PRESETS["thumos14"]
 ANET = PRESETS["activitynet"]
@@ -28,17 +29,18 @@ ANET = PRESETS["activitynet"]
 def run(preds, gts, duration, **kwargs):
     """diagnose() on rows (video, start, end, label[, score])."""
     preds = preds or [(0, 0.0, 1.0, 0, 0.0)][:0]
-    return diagnose(
-        pred_video=np.array([p[0] for p in preds], dtype=np.int64),
-        pred_segments=np.array([p[1:3] for p in preds], dtype=float).reshape(-1, 2),
-        pred_scores=np.array([p[4] for p in preds], dtype=float),
-        pred_labels=np.array([p[3] for p in preds], dtype=np.int64),
-        gt_video=np.array([g[0] for g in gts], dtype=np.int64),
-        gt_segments=np.array([g[1:3] for g in gts], dtype=float),
-        gt_labels=np.array([g[3] for g in gts], dtype=np.int64),
-        video_duration=np.asarray(duration, dtype=float),
-        **kwargs,
+    pred = Instances(
+        video=np.array([p[0] for p in preds], dtype=np.int64),
+        segments=np.array([p[1:3] for p in preds], dtype=float).reshape(-1, 2),
+        labels=np.array([p[3] for p in preds], dtype=np.int64),
+        scores=np.array([p[4] for p in preds], dtype=float),
     )
+    gt = Instances(
+        video=np.array([g[0] for g in gts], dtype=np.int64),
+        segments=np.array([g[1:3] for g in gts], dtype=float),
+        labels=np.array([g[3] for g in gts], dtype=np.int64),
+    )
+    return diagnose(pred, gt, np.asarray(duration, dtype=float), **kwargs)
 
 
 # --- hand-worked cases ------------------------------------------------------------
@@ -244,30 +246,25 @@ def test_write_diagnosis(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change, message",
+    "pred, gt, change, message",
     [
-        ({"gt_video": np.array([3])}, r"indices into video_duration \(0..1\), found 3..3"),
-        ({"video_duration": np.array([0.0, 10.0])}, "positive duration .* found 0.0 for video 0"),
-        ({"pred_scores": np.array([np.nan])}, "pred_scores: expected 1 finite"),
-        ({"gt_segments": np.array([[5.0, np.inf]])}, "gt_segments: expected finite"),
-        ({"tiou_thresholds": (0.0,)}, r"\(0, 1\]"),
-        ({"limit_factor": 0}, "limit_factor: expected a positive integer, got 0"),
-        ({"gt_labels": np.array([0.5])}, "gt_labels: expected integers"),
+        ({}, {"video": [3]}, {}, r"gt\.video: expected indices into video_duration \(0..1\), found 3..3"),
+        ({"video": [-1]}, {}, {}, r"pred\.video: expected indices .* found -1..-1"),
+        ({}, {}, {"video_duration": [0.0, 10.0]}, "positive duration .* found 0.0 for video 0"),
+        ({"scores": [np.nan]}, {}, {}, r"pred\.scores: every score must be finite"),
+        ({}, {"segments": [[5.0, np.inf]]}, {}, r"gt\.segments: every start and end must be finite"),
+        ({}, {}, {"tiou_thresholds": (0.0,)}, r"\(0, 1\]"),
+        ({}, {}, {"limit_factor": 0}, "limit_factor: expected a positive integer, got 0"),
+        ({}, {"labels": [0.5]}, {}, r"gt\.labels: expected 1 integers"),
     ],
-)
-def test_bad_input_is_named(change, message):
-    args = dict(
-        pred_video=np.array([0]),
-        pred_segments=np.array([[0.0, 1.0]]),
-        pred_scores=np.array([0.5]),
-        pred_labels=np.array([0]),
-        gt_video=np.array([0]),
-        gt_segments=np.array([[0.0, 1.0]]),
-        gt_labels=np.array([0]),
-        video_duration=np.array([10.0, 10.0]),
-    )
+)  # fmt: skip
+def test_bad_input_is_named(pred, gt, change, message):
+    good_pred = Instances(video=[0], segments=[[0.0, 1.0]], labels=[0], scores=[0.5])
+    good_gt = Instances(video=[0], segments=[[0.0, 1.0]], labels=[0])
+    args = {"video_duration": [10.0, 10.0]}
+    assert diagnose(good_pred, good_gt, **args).average_mAP_N == 1.0
     with pytest.raises(ValueError, match=message):
-        diagnose(**(args | change))
+        diagnose(replace(good_pred, **pred), replace(good_gt, **gt), **(args | change))
 
 
 def test_bins_are_checked_and_closed_on_the_right():
@@ -284,9 +281,8 @@ def test_import_needs_neither_torch_nor_matplotlib():
     code = (
         "import sys; sys.modules['torch'] = None; "
         "import numpy as np; from salad_lightning.metrics.diagnosis import diagnose; "
-        "d = diagnose(pred_video=np.array([0]), pred_segments=np.array([[0., 1.]]), "
-        "pred_scores=np.array([1.]), pred_labels=np.array([0]), gt_video=np.array([0]), "
-        "gt_segments=np.array([[0., 1.]]), gt_labels=np.array([0]), video_duration=np.array([5.])); "
+        "from salad_lightning.metrics.functional import Instances; "
+        "d = diagnose(Instances([0], [[0., 1.]], [0], [1.]), Instances([0], [[0., 1.]], [0]), [5.]); "
         "print(d.average_mAP_N, 'matplotlib' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -354,9 +350,11 @@ def test_every_number_matches_the_transcription(seed, settings, limit_factor):
     rng = np.random.default_rng(seed)
     sizes = [(4, 3, 20, 150), (6, 2, 30, 300), (3, 4, 12, 80)][seed % 3]
     case = random_case(rng, *sizes)
+    pv, ps, scores, pl, gv, gs, gl, duration = case
     d = diagnose(
-        **dict(zip(["pred_video", "pred_segments", "pred_scores", "pred_labels"], case[:4])),
-        **dict(zip(["gt_video", "gt_segments", "gt_labels", "video_duration"], case[4:])),
+        Instances(pv, ps, pl, scores),
+        Instances(gv, gs, gl),
+        duration,
         **settings,
         limit_factor=limit_factor,
     )
@@ -381,14 +379,10 @@ def test_equals_the_evaluator_when_every_class_has_n_instances(seed):
     gs[:, 1] = np.minimum(np.maximum(gs[:, 1], gs[:, 0] + 1), duration[gv])
     gs[:, 0] = np.minimum(gs[:, 0], gs[:, 1] - 1)
     thresholds = [0.3, 0.5, 0.7]
-    d = diagnose(
-        pred_video=pv, pred_segments=ps, pred_scores=scores, pred_labels=pl,
-        gt_video=gv, gt_segments=gs, gt_labels=gl, video_duration=duration,
-        tiou_thresholds=thresholds,
-    )  # fmt: skip
+    gt = Instances(gv, gs, gl)
+    d = diagnose(Instances(pv, ps, pl, scores), gt, duration, tiou_thresholds=thresholds)
     assert d.num_dropped_ground_truths == 0
     known = pl < 3
-    reference = evaluate_detections(
-        pv[known], ps[known], scores[known], pl[known], gv, gs, gl, thresholds
-    )
+    pred = Instances(pv[known], ps[known], pl[known], scores[known])
+    reference = evaluate_detections(pred, gt, thresholds)
     assert d.average_mAP_N == pytest.approx(reference.average_mAP, rel=1e-12)

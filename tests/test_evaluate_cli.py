@@ -211,7 +211,7 @@ def test_diagnose_writes_detads_analyses_without_torch(files, tmp_path):
     import numpy as np
 
     from salad_lightning.metrics.diagnosis import PRESETS, diagnose
-    from salad_lightning.metrics.functional import video_key
+    from salad_lightning.metrics.functional import Instances, video_key
 
     gt = json.loads(json.dumps(GROUND_TRUTH))
     for i, video in enumerate(gt["database"].values()):
@@ -235,14 +235,18 @@ def test_diagnose_writes_detads_analyses_without_torch(files, tmp_path):
     gt_rows = [(v, a) for v in videos for a in gt["database"][v]["annotations"]]
     preds = [(v, p) for v in videos for p in PREDICTIONS["results"].get(v, [])]
     expected = diagnose(
-        pred_video=np.array([index[v] for v, _ in preds]),
-        pred_segments=np.array([p["segment"] for _, p in preds], dtype=float),
-        pred_scores=np.array([p["score"] for _, p in preds]),
-        pred_labels=np.array([labels[p["label"]] for _, p in preds]),
-        gt_video=np.array([index[v] for v, _ in gt_rows]),
-        gt_segments=np.array([a["segment"] for _, a in gt_rows], dtype=float),
-        gt_labels=np.array([labels[a["label"]] for _, a in gt_rows]),
-        video_duration=np.array([gt["database"][v]["duration"] for v in videos]),
+        Instances(
+            video=np.array([index[v] for v, _ in preds]),
+            segments=np.array([p["segment"] for _, p in preds], dtype=float),
+            labels=np.array([labels[p["label"]] for _, p in preds]),
+            scores=np.array([p["score"] for _, p in preds]),
+        ),
+        Instances(
+            video=np.array([index[v] for v, _ in gt_rows]),
+            segments=np.array([a["segment"] for _, a in gt_rows], dtype=float),
+            labels=np.array([labels[a["label"]] for _, a in gt_rows]),
+        ),
+        np.array([gt["database"][v]["duration"] for v in videos]),
         **PRESETS["thumos14"],
     )
     assert written == json.loads(json.dumps(expected.to_json()))

@@ -10,10 +10,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from _reference_eval import reference_evaluate
+from _reference_eval import as_instances, reference_evaluate
 from salad_lightning.evaluate import evaluate_files
 from salad_lightning.metrics import TemporalActionDetectionMAP
-from salad_lightning.metrics.functional import evaluate_detections, video_key
+from salad_lightning.metrics.functional import Instances, evaluate_detections, video_key
 
 THRESHOLDS = (0.3, 0.5, 0.7)
 
@@ -92,7 +92,7 @@ def test_metric_equals_the_functional_evaluator_and_the_reference():
         "classes_present",
     ]
     args = flat(preds, targets)
-    result = evaluate_detections(*args, tiou_thresholds=THRESHOLDS)
+    result = evaluate_detections(*as_instances(*args), tiou_thresholds=THRESHOLDS)
     np.testing.assert_array_equal(values["per_class_ap"].numpy(), result.ap)
     np.testing.assert_array_equal(values["classes_present"].numpy(), result.labels)
     assert values["mAP"].item() == result.average_mAP
@@ -125,7 +125,8 @@ def test_a_repeated_video_counts_once_with_its_first_copy():
     assert_same(once, metric.compute())
     # Counting the repeat would have changed the value.
     twice = evaluate_detections(
-        *flat(preds + [preds[0]], targets + [targets[0]]), tiou_thresholds=THRESHOLDS
+        *as_instances(*flat(preds + [preds[0]], targets + [targets[0]])),
+        tiou_thresholds=THRESHOLDS,
     )
     assert twice.average_mAP != once["mAP"].item()
 
@@ -184,9 +185,10 @@ def test_metric_and_command_agree_even_on_equal_scores(tmp_path):
     pv, ps, sc, pl, gv, gs, gl = flat(preds, targets)
     position = {k: i for i, k in enumerate(dict.fromkeys(gv.tolist() + pv.tolist()))}
     by_position = evaluate_detections(
-        np.array([position[k] for k in pv.tolist()]), ps, sc, pl,
-        np.array([position[k] for k in gv.tolist()]), gs, gl, tiou_thresholds=THRESHOLDS,
-    )  # fmt: skip
+        Instances(np.array([position[k] for k in pv.tolist()]), ps, pl, sc),
+        Instances(np.array([position[k] for k in gv.tolist()]), gs, gl),
+        tiou_thresholds=THRESHOLDS,
+    )
     assert by_position.mAP.tolist() != summary["mAP"]
 
 

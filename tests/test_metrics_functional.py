@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from _reference_eval import reference_evaluate
+from _reference_eval import as_instances, reference_evaluate
 from salad_lightning.metrics.functional import (
+    Instances,
     evaluate_detections,
     match_predictions,
     segment_tiou,
@@ -18,7 +20,7 @@ from salad_lightning.metrics.functional import (
 
 
 def _rows(items):
-    """[(video, start, end, label[, score])] -> flat arrays."""
+    """[(video, start, end, label[, score])] -> flat arrays (the transcription's input)."""
     video = np.array([r[0] for r in items], dtype=np.int64)
     seg = np.array([[r[1], r[2]] for r in items], dtype=np.float64).reshape(-1, 2)
     label = np.array([r[3] for r in items], dtype=np.int64)
@@ -30,7 +32,8 @@ def _rows(items):
 def evaluate(preds, gts, thresholds):
     pv, ps, pscore, pl = _rows(preds)
     gv, gs, gl = _rows(gts)
-    result = evaluate_detections(pv, ps, pscore, pl, gv, gs, gl, tiou_thresholds=thresholds)
+    pred, gt = as_instances(pv, ps, pscore, pl, gv, gs, gl)
+    result = evaluate_detections(pred, gt, tiou_thresholds=thresholds)
     classes, ap, mean_ap, avg = reference_evaluate(pv, ps, pscore, pl, gv, gs, gl, thresholds)
     assert result.labels.tolist() == classes
     np.testing.assert_allclose(result.ap, np.array(ap).reshape(result.ap.shape), rtol=0, atol=1e-9)
@@ -52,7 +55,7 @@ def test_prediction_overlapping_two_ground_truths():
     #      envelope 2/3 at both recall steps: AP 2/3.
     # 0.95: all FP.
     np.testing.assert_allclose(r.ap[0], [1.0, 2 / 3, 0.0], atol=1e-12)
-    tp = match_predictions(*_rows(preds), *_rows(gts), tiou_thresholds=[0.5, 0.6])
+    tp = match_predictions(*as_instances(*_rows(preds), *_rows(gts)), tiou_thresholds=[0.5, 0.6])
     assert tp.tolist() == [[True, True, False], [False, True, True]]
 
 
@@ -130,7 +133,7 @@ def test_segments_that_end_before_they_start_follow_the_official_formula():
     preds = [(0, 20, 23, 0, 0.9), (0, 0, 4, 0, 0.8), (0, 9, 8, 0, 0.7)]
     r = evaluate(preds, gts, [0.5, 0.95])
     np.testing.assert_allclose(r.ap[0], [1.0, 1.0], atol=1e-12)
-    tp = match_predictions(*_rows(preds), *_rows(gts), tiou_thresholds=[0.5])
+    tp = match_predictions(*as_instances(*_rows(preds), *_rows(gts)), tiou_thresholds=[0.5])
     assert tp.tolist() == [[True, True, False]]
     # An inverted prediction of length -4 against G1 (length 4): 0/0, a TP.
     r = evaluate([(0, 6, 2, 0, 0.9)], [(0, 0, 4, 0)], [0.5])
@@ -161,36 +164,39 @@ def test_equal_scores_lower_video_then_earlier_row_first():
 
 
 def test_no_ground_truth_gives_nan_and_no_prediction_gives_zero():
-    r = evaluate_detections([0], [[0, 1]], [0.5], [0], [], np.zeros((0, 2)), [])
+    r = evaluate_detections(Instances([0], [[0, 1]], [0], [0.5]), Instances([], [], []))
     assert r.labels.size == 0 and np.isnan(r.average_mAP)
-    r = evaluate_detections([], np.zeros((0, 2)), [], [], [0], [[0, 1]], [3])
+    r = evaluate_detections(Instances([], [], [], []), Instances([0], [[0, 1]], [3]))
     assert r.ap.tolist() == [[0.0] * 5] and r.average_mAP == 0.0
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "pred, gt, thresholds, message",
     [
-        (dict(pred_scores=[np.nan]), "finite"),
-        (dict(pred_segments=[[0.0, np.inf]]), "finite"),
-        (dict(pred_labels=[0.5]), "integers"),
-        (dict(pred_scores=[0.1, 0.2]), "expected shape"),
-        (dict(tiou_thresholds=[0.0]), r"\(0, 1\]"),
-        (dict(tiou_thresholds=[]), r"\(0, 1\]"),
+        (dict(scores=[np.nan]), {}, [0.5], r"pred\.scores: every score must be finite"),
+        (dict(segments=[[0.0, np.inf]]), {}, [0.5], r"pred\.segments: every start and end"),
+        (dict(labels=[0.5]), {}, [0.5], r"pred\.labels: expected 1 integers, got float64"),
+        (dict(scores=[0.1, 0.2]), {}, [0.5], r"pred\.scores: expected shape \(1,\), got \(2,\)"),
+        (dict(scores=None), {}, [0.5], r"pred\.scores: expected 1 scores, got None"),
+        ({}, dict(scores=[0.5]), [0.5], r"gt\.scores: ground truth has no scores"),
+        ({}, dict(video=[0.0]), [0.5], r"gt\.video: expected a 1-D integer array, got float64"),
+        ({}, dict(segments=[[0.0, 1.0, 2.0]]), [0.5], r"gt\.segments: expected shape \(1, 2\)"),
+        ({}, {}, [0.0], r"\(0, 1\]"),
+        ({}, {}, [], r"\(0, 1\]"),
     ],
 )
-def test_bad_input_is_rejected(kwargs, message):
-    args = dict(
-        pred_video=[0],
-        pred_segments=[[0.0, 1.0]],
-        pred_scores=[0.5],
-        pred_labels=[0],
-        gt_video=[0],
-        gt_segments=[[0.0, 1.0]],
-        gt_labels=[0],
-    )
-    args.update(kwargs)
+def test_bad_input_is_rejected(pred, gt, thresholds, message):
+    good_pred = Instances(video=[0], segments=[[0.0, 1.0]], labels=[0], scores=[0.5])
+    good_gt = Instances(video=[0], segments=[[0.0, 1.0]], labels=[0])
+    assert evaluate_detections(good_pred, good_gt, [0.5]).average_mAP == 1.0
     with pytest.raises(ValueError, match=message):
-        evaluate_detections(**args)
+        evaluate_detections(replace(good_pred, **pred), replace(good_gt, **gt), thresholds)
+
+
+def test_rows_must_be_instances():
+    gt = Instances(video=[0], segments=[[0.0, 1.0]], labels=[0])
+    with pytest.raises(TypeError, match="pred: expected Instances, got tuple"):
+        match_predictions(([0], [[0.0, 1.0]], [0], [0.5]), gt)
 
 
 def test_video_key_is_stable_and_63_bit():
@@ -244,7 +250,7 @@ THRESHOLDS = [0.1, 0.3, 0.5, 0.7, 0.95]
 
 
 def assert_matches_reference(case, thresholds=THRESHOLDS, label=""):
-    result = evaluate_detections(*case, tiou_thresholds=thresholds)
+    result = evaluate_detections(*as_instances(*case), tiou_thresholds=thresholds)
     classes, ap, mean_ap, avg = reference_evaluate(*case, thresholds)
     assert result.labels.tolist() == classes, label
     if classes:
@@ -288,6 +294,8 @@ def test_result_does_not_depend_on_how_rows_are_split_or_ordered():
     for i in range(30):
         pv, ps, scores, pl, gv, gs, gl = random_case(rng, ties=True)
         perm = np.argsort(rng.permutation(pv.max() + 1 if len(pv) else 1)[pv], kind="stable")
-        a = evaluate_detections(pv, ps, scores, pl, gv, gs, gl)
-        b = evaluate_detections(pv[perm], ps[perm], scores[perm], pl[perm], gv, gs, gl)
+        a = evaluate_detections(*as_instances(pv, ps, scores, pl, gv, gs, gl))
+        b = evaluate_detections(
+            *as_instances(pv[perm], ps[perm], scores[perm], pl[perm], gv, gs, gl)
+        )
         np.testing.assert_array_equal(a.ap, b.ap, err_msg=f"case {i}")

@@ -9,6 +9,7 @@ import pytest
 
 from salad_lightning import plots
 from salad_lightning.metrics.diagnosis import PRESETS, diagnose
+from salad_lightning.metrics.functional import Instances
 
 
 def png_size(path) -> tuple[int, int]:
@@ -127,11 +128,13 @@ def test_timeline_accepts_torch_tensors(tmp_path):
 def test_diagnosis_figures_with_empty_bins(tmp_path):
     # One ground truth: most bins and profile groups are empty (NaN) and must still draw.
     d = diagnose(
-        pred_video=np.array([0, 0]), pred_segments=np.array([[0.0, 10.0], [50.0, 60.0]]),
-        pred_scores=np.array([0.9, 0.5]), pred_labels=np.array([0, 0]),
-        gt_video=np.array([0]), gt_segments=np.array([[0.0, 10.0]]), gt_labels=np.array([0]),
-        video_duration=np.array([100.0]), **PRESETS["activitynet"],
-    )  # fmt: skip
+        Instances(
+            video=[0, 0], segments=[[0.0, 10.0], [50.0, 60.0]], labels=[0, 0], scores=[0.9, 0.5]
+        ),
+        Instances(video=[0], segments=[[0.0, 10.0]], labels=[0]),
+        [100.0],
+        **PRESETS["activitynet"],
+    )
     for draw in (
         plots.plot_false_positive_analysis,
         plots.plot_sensitivity_analysis,

@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from _literal_diagnosis import literal_diagnose  # noqa: E402
-from _reference_eval import reference_evaluate  # noqa: E402
+from _reference_eval import as_instances, reference_evaluate  # noqa: E402
 from salad_lightning.metrics.diagnosis import CHARACTERISTICS, PRESETS, diagnose  # noqa: E402
 from salad_lightning.metrics.functional import evaluate_detections  # noqa: E402
 
@@ -157,10 +157,8 @@ def run_diagnosis(name: str, arrays, gt_json, repeat: int, reference: bool) -> N
     preset = SCALES[name]["preset"]
     settings = PRESETS[preset]
     duration = np.array([v["duration"] for v in gt_json["database"].values()])
-    keys = ["pred_video", "pred_segments", "pred_scores", "pred_labels"]
-    keys += ["gt_video", "gt_segments", "gt_labels"]
-    inputs = dict(zip(keys, arrays), video_duration=duration, **settings)
-    wall, best, cpu, result = median_of(repeat, lambda: diagnose(**inputs))
+    pred, gt = as_instances(*arrays)
+    wall, best, cpu, result = median_of(repeat, lambda: diagnose(pred, gt, duration, **settings))
     print(
         f"diagnose ({preset})   wall {wall:7.3f} s   cpu {cpu:7.3f} s   "
         f"(median of {repeat}; best {best:.3f} s)"
@@ -207,7 +205,8 @@ def run_scale(name: str, repeat: int, reference: bool, folder: Path, parts: list
         run_diagnosis(name, arrays, gt_json, repeat, reference)
     if "evaluate" not in parts:
         return
-    wall, cpu, result = best_of(repeat, lambda: evaluate_detections(*arrays, tiou_thresholds=thr))
+    pred, gt = as_instances(*arrays)
+    wall, cpu, result = best_of(repeat, lambda: evaluate_detections(pred, gt, tiou_thresholds=thr))
     print(
         f"core evaluate_detections      wall {wall:7.3f} s   cpu {cpu:7.3f} s   (best of {repeat})"
     )

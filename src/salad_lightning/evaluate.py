@@ -30,7 +30,7 @@ import numpy as np
 
 from salad_lightning.data.annotations import load_annotations
 from salad_lightning.metrics.diagnosis import PRESETS
-from salad_lightning.metrics.functional import evaluate_detections, video_key
+from salad_lightning.metrics.functional import Instances, evaluate_detections, video_key
 
 __all__ = ["DEFAULT_TIOU", "InputError", "evaluate_files", "format_table", "main"]
 
@@ -247,30 +247,17 @@ def _evaluate_files(
         )
 
     pred_label = np.fromiter(map(label_index.__getitem__, labels), dtype=np.int64, count=n)
-    gt_video = np.array([video_index[r[0]] for r in gt_rows], dtype=np.int64)
-    gt_seg = np.array([r[2:] for r in gt_rows], dtype=np.float64)
-    gt_label = np.array([label_index[r[1]] for r in gt_rows], dtype=np.int64)
-    result = evaluate_detections(
-        pred_video,
-        seg,
-        score,
-        pred_label,
-        gt_video,
-        gt_seg,
-        gt_label,
-        tiou_thresholds=tiou_thresholds,
+    pred = Instances(pred_video, seg, pred_label, score)
+    gt = Instances(
+        video=np.array([video_index[r[0]] for r in gt_rows], dtype=np.int64),
+        segments=np.array([r[2:] for r in gt_rows], dtype=np.float64).reshape(-1, 2),
+        labels=np.array([label_index[r[1]] for r in gt_rows], dtype=np.int64),
     )
+    result = evaluate_detections(pred, gt, tiou_thresholds=tiou_thresholds)
     if diagnose_dir is not None:
         duration = np.empty(len(videos))
         duration[[video_index[v] for v in videos]] = durations
-        notes.append(
-            _diagnose(
-                (pred_video, seg, score, pred_label, gt_video, gt_seg, gt_label, duration),
-                diagnose_dir,
-                diagnose_preset,
-                ground_truth,
-            )
-        )
+        notes.append(_diagnose(pred, gt, duration, diagnose_dir, diagnose_preset, ground_truth))
     summary = {
         "tiou_thresholds": [float(t) for t in result.tiou_thresholds],
         "mAP": [float(v) for v in result.mAP],
@@ -298,14 +285,12 @@ def _evaluate_files(
     return summary, notes
 
 
-def _diagnose(rows, out_dir: str, preset: str, ground_truth: str) -> str:
-    """DETAD's diagnosis of the rows written to ``out_dir``; the note that says where."""
+def _diagnose(pred, gt, duration, out_dir: str, preset: str, ground_truth: str) -> str:
+    """DETAD's diagnosis of the instances written to ``out_dir``; the note that says where."""
     from salad_lightning.metrics.diagnosis import diagnose, write_diagnosis
 
-    names = ("pred_video", "pred_segments", "pred_scores", "pred_labels")
-    names += ("gt_video", "gt_segments", "gt_labels", "video_duration")
     try:
-        diagnosis = diagnose(**dict(zip(names, rows)), **PRESETS[preset])
+        diagnosis = diagnose(pred, gt, duration, **PRESETS[preset])
     except ValueError as err:
         raise InputError(f"{ground_truth}: cannot diagnose: {err}") from err
     paths = write_diagnosis(diagnosis, out_dir)

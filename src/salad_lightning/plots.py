@@ -19,7 +19,7 @@ from salad_lightning.metrics.calibration import (
     true_positive_flags,
 )
 from salad_lightning.metrics.diagnosis import ERROR_TYPES
-from salad_lightning.metrics.functional import evaluate_detections
+from salad_lightning.metrics.functional import Instances, evaluate_detections
 
 if TYPE_CHECKING:
     from salad_lightning.metrics.diagnosis import Diagnosis
@@ -103,7 +103,9 @@ def video_aps(outputs: Sequence[dict[str, Any]], tiou: float = 0.5) -> np.ndarra
     pv = np.repeat(np.arange(len(rows)), [len(r[1]) for r in rows])
     gv = np.repeat(np.arange(len(rows)), [len(r[4]) for r in rows])
     result = evaluate_detections(
-        pv, segs, scores, pv * n_cls + labels, gv, gt_segs, gv * n_cls + gt_labels, [tiou]
+        Instances(pv, segs, pv * n_cls + labels, scores),
+        Instances(gv, gt_segs, gv * n_cls + gt_labels),
+        [tiou],
     )
     owner = result.labels // n_cls
     total = np.bincount(owner, weights=result.ap[:, 0], minlength=len(rows))

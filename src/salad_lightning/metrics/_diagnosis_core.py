@@ -11,7 +11,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from salad_lightning.metrics.functional import _expand, _run_starts, match_predictions, segment_tiou
+from salad_lightning.metrics.functional import (
+    Instances,
+    _expand,
+    _run_starts,
+    match_predictions,
+    segment_tiou,
+)
 
 DOUBLE, WRONG_LABEL, LOCALIZATION, CONFUSION, BACKGROUND = 1, 2, 3, 4, 5
 
@@ -87,7 +93,8 @@ def _error_types(tp, pv, ps, pc, gv, gs, gc, thr, min_tiou: float) -> np.ndarray
     gt = g_order[at]  # pairs in (prediction, ground-truth row) order
     tiou = segment_tiou(ps[owner], gs[gt])
     best = np.full(len(pv), -np.inf)
-    np.maximum.at(best, owner, tiou)
+    with np.errstate(invalid="ignore"):  # a 0/0 tIoU wins, as in DETAD's max: background
+        np.maximum.at(best, owner, tiou)
     top = np.flatnonzero(tiou == best[owner])
     top = top[np.unique(owner[top], return_index=True)[1]]  # first of each prediction
     same = np.zeros(len(pv), dtype=bool)
@@ -177,7 +184,7 @@ def match(pv, ps, score, pc, gv, gs, gc, thr) -> Matches:
     index[by_class] = np.arange(len(pv))
     size = np.bincount(pc, minlength=n_cls)
     pos = index - (np.cumsum(size) - size)[pc]
-    tp = match_predictions(pv, ps, score, pc, gv, gs, gc, thr)
+    tp = match_predictions(Instances(pv, ps, pc, score), Instances(gv, gs, gc), thr)
     t, p, g = _matched_ground_truth(tp, pv, ps, pc, rank, gv, gs, gc, thr)
     sort = np.lexsort((pos[p], pc[p], t))
     start = index[by_class] - pos[by_class]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from salad_lightning.metrics.functional import match_predictions
+from salad_lightning.metrics.functional import Instances, match_predictions
 
 __all__ = ["expected_calibration_error", "reliability_diagram_data", "true_positive_flags"]
 
@@ -72,14 +72,16 @@ def true_positive_flags(
     """
     pred_scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
     gt_labels = np.asarray(gt_labels).reshape(-1)
-    tp = match_predictions(
-        np.zeros(len(pred_scores), dtype=np.int64),
-        np.asarray(pred_segments, dtype=np.float64).reshape(-1, 2),
-        pred_scores,
-        np.asarray(pred_labels).reshape(-1),
-        np.zeros(len(gt_labels), dtype=np.int64),
-        np.asarray(gt_segments, dtype=np.float64).reshape(-1, 2),
-        gt_labels,
-        tiou_thresholds=[tiou],
+    pred = Instances(
+        video=np.zeros(len(pred_scores), dtype=np.int64),
+        segments=np.asarray(pred_segments, dtype=np.float64).reshape(-1, 2),
+        labels=np.asarray(pred_labels).reshape(-1),
+        scores=pred_scores,
     )
+    gt = Instances(
+        video=np.zeros(len(gt_labels), dtype=np.int64),
+        segments=np.asarray(gt_segments, dtype=np.float64).reshape(-1, 2),
+        labels=gt_labels,
+    )
+    tp = match_predictions(pred, gt, tiou_thresholds=[tiou])
     return tp[0]

@@ -25,7 +25,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from salad_lightning.metrics.calibration import expected_calibration_error
-from salad_lightning.metrics.functional import match_predictions, video_key
+from salad_lightning.metrics.functional import Instances, match_predictions, video_key
 from salad_lightning.metrics.tad_map import first_copies, source_id, state_array
 
 __all__ = ["DetectionCalibrationError"]
@@ -110,16 +110,11 @@ class DetectionCalibrationError(Metric):
         }
         d, g = keep["det"], keep["gt"]
         conf = s["scores"][d]
-        correct = match_predictions(
-            s["det_keys"][d],
-            s["det_segments"].reshape(-1, 2)[d],
-            conf,
-            s["det_labels"][d],
-            s["gt_keys"][g],
-            s["gt_segments"].reshape(-1, 2)[g],
-            s["gt_labels"][g],
-            tiou_thresholds=[self.tiou],
-        )[0]
+        det = Instances(
+            s["det_keys"][d], s["det_segments"].reshape(-1, 2)[d], s["det_labels"][d], conf
+        )
+        gt = Instances(s["gt_keys"][g], s["gt_segments"].reshape(-1, 2)[g], s["gt_labels"][g])
+        correct = match_predictions(det, gt, tiou_thresholds=[self.tiou])[0]
         ece = expected_calibration_error(conf, correct, n_bins=self.n_bins)
         return {
             "ece": torch.tensor(ece, dtype=torch.float64),

@@ -70,7 +70,12 @@ from typing import Any, TypedDict
 import numpy as np
 
 from salad_lightning.metrics import _diagnosis_core as core
-from salad_lightning.metrics.functional import _check_thresholds
+from salad_lightning.metrics.functional import (
+    Instances,
+    _check_rows,
+    _check_thresholds,
+    video_key,
+)
 
 __all__ = [
     "CHARACTERISTICS",
@@ -203,46 +208,11 @@ class Diagnosis:
         }
 
 
-def _rows(name: str, video, segments, labels, n_videos: int, scores=None) -> list[np.ndarray]:
-    video = np.asarray(video)
-    labels = np.asarray(labels)
-    segments = np.asarray(segments, dtype=np.float64)
-    segments = segments.reshape(0, 2) if segments.size == 0 else segments
-    n = len(video)
-    if video.ndim != 1 or (n and not np.issubdtype(video.dtype, np.integer)):
-        raise ValueError(f"{name}_video: expected a 1-D integer array, got {video.dtype}")
-    if n and (video.min() < 0 or video.max() >= n_videos):
-        raise ValueError(
-            f"{name}_video: expected indices into video_duration (0..{n_videos - 1}), "
-            f"found {video.min()}..{video.max()}"
-        )
-    if segments.shape != (n, 2) or labels.shape != (n,):
-        raise ValueError(
-            f"{name}: expected {n} segments and labels, got {segments.shape} and {labels.shape}"
-        )
-    if n and not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name}_labels: expected integers, got {labels.dtype}")
-    if not np.isfinite(segments).all():
-        raise ValueError(f"{name}_segments: expected finite [start, end] values")
-    out = [video.astype(np.int64), segments, labels.astype(np.int64)]
-    if scores is not None:
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if scores.shape != (n,) or not np.isfinite(scores).all():
-            raise ValueError(f"{name}_scores: expected {n} finite scores, got {scores.shape}")
-        out.append(scores)
-    return out
-
-
 def diagnose(
-    *,
-    pred_video,
-    pred_segments,
-    pred_scores,
-    pred_labels,
-    gt_video,
-    gt_segments,
-    gt_labels,
+    pred: Instances,
+    gt: Instances,
     video_duration,
+    *,
     tiou_thresholds: Sequence[float] = _DEFAULT["tiou_thresholds"],
     length_bins: Bins = _DEFAULT["length_bins"],
     coverage_bins: Bins = _DEFAULT["coverage_bins"],
@@ -253,17 +223,18 @@ def diagnose(
 ) -> Diagnosis:
     """DETAD's false-positive, sensitivity and false-negative analyses (module docstring).
 
-    Rows are flat, as in `match_predictions`; ``pred_video`` and ``gt_video`` index
+    ``pred`` and ``gt`` as in `match_predictions`, with video indices into
     ``video_duration`` (seconds). Index videos in the order of `video_key` so that
     equal scores rank as in the project's evaluator. Defaults: ActivityNet
-    (``PRESETS["activitynet"]``); ``diagnose(..., **PRESETS["thumos14"])`` for THUMOS14.
+    (``PRESETS["activitynet"]``); ``diagnose(pred, gt, duration, **PRESETS["thumos14"])``
+    for THUMOS14.
     """
     duration = np.asarray(video_duration, dtype=np.float64).reshape(-1)
-    pv, ps, pl, score = _rows(
-        "pred", pred_video, pred_segments, pred_labels, len(duration), pred_scores
-    )
+    pred = _check_rows("pred", pred, scored=True, n_videos=len(duration))
+    pv, ps, pl, score = pred.video, pred.segments, pred.labels, pred.scores
     n_pred = len(pv)
-    gv_all, gs_all, gl_all = _rows("gt", gt_video, gt_segments, gt_labels, len(duration))
+    gt = _check_rows("gt", gt, scored=False, n_videos=len(duration))
+    gv_all, gs_all, gl_all = gt.video, gt.segments, gt.labels
     thr = _check_thresholds(tiou_thresholds)
     if isinstance(limit_factor, bool) or int(limit_factor) != limit_factor or limit_factor < 1:
         raise ValueError(f"limit_factor: expected a positive integer, got {limit_factor!r}")
@@ -328,8 +299,8 @@ def diagnose(
     )
 
 
-def _flatten(parts: Sequence[tuple[int, dict[str, Any]]], scores: bool) -> list[np.ndarray]:
-    """Flat rows (video index, segments, labels[, scores]) of per-video dicts."""
+def _flatten(parts: Sequence[tuple[int, dict[str, Any]]], scores: bool) -> Instances:
+    """Instances (video index, segments, labels[, scores]) of per-video dicts."""
     video, segments, labels, score = [], [], [], []
     for i, part in parts:
         lab = np.asarray(part["labels"], dtype=np.int64).reshape(-1)
@@ -338,8 +309,12 @@ def _flatten(parts: Sequence[tuple[int, dict[str, Any]]], scores: bool) -> list[
         labels.append(lab)
         if scores:
             score.append(np.asarray(part["scores"], dtype=np.float64).reshape(-1))
-    out = [np.concatenate(video), np.concatenate(segments), np.concatenate(labels)]
-    return out + [np.concatenate(score)] if scores else out
+    return Instances(
+        np.concatenate(video),
+        np.concatenate(segments),
+        np.concatenate(labels),
+        np.concatenate(score) if scores else None,
+    )
 
 
 def diagnose_videos(videos: Sequence[dict[str, Any]], **kwargs: Any) -> Diagnosis | None:
@@ -349,31 +324,19 @@ def diagnose_videos(videos: Sequence[dict[str, Any]], **kwargs: Any) -> Diagnosi
     evaluator. None when DETAD's drops (zero length, longer than the video) leave no
     ground truth to diagnose.
     ``kwargs`` go to `diagnose` (a preset, for example)."""
-    from salad_lightning.metrics.functional import video_key
-
     videos = sorted(videos, key=lambda v: video_key(str(v["video_id"])))
     empty = {"segments": np.zeros((0, 2)), "labels": np.zeros(0), "scores": np.zeros(0)}
-    pv, ps, pl, score = _flatten(
+    pred = _flatten(
         [(i, v if "scores" in v else empty) for i, v in enumerate(videos)] or [(0, empty)], True
     )
-    gv, gs, gl = _flatten([(i, v["gt"]) for i, v in enumerate(videos)] or [(0, empty)], False)
+    gt = _flatten([(i, v["gt"]) for i, v in enumerate(videos)] or [(0, empty)], False)
     duration = np.array([float(v["duration"]) for v in videos] or [0.0])
-    length = gs[:, 1] - gs[:, 0]
+    length = gt.segments[:, 1] - gt.segments[:, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
-        coverage = length / duration[gv]
+        coverage = length / duration[gt.video]
     if not np.any((length > 0) & (coverage <= 1)):  # DETAD's drops leave nothing
         return None
-    return diagnose(
-        pred_video=pv,
-        pred_segments=ps,
-        pred_scores=score,
-        pred_labels=pl,
-        gt_video=gv,
-        gt_segments=gs,
-        gt_labels=gl,
-        video_duration=duration[: len(videos)],
-        **kwargs,
-    )
+    return diagnose(pred, gt, duration[: len(videos)], **kwargs)
 
 
 def write_diagnosis(diagnosis: Diagnosis, out_dir: str | Path) -> dict[str, Path]:

@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = [
     "DetectionEvaluation",
+    "Instances",
     "evaluate_detections",
     "match_predictions",
     "segment_tiou",
@@ -97,33 +99,70 @@ def segment_tiou(segments_a: np.ndarray, segments_b: np.ndarray) -> np.ndarray:
     return _tiou(a[..., 0], a[..., 1], b[..., 0], b[..., 1])
 
 
-def _check_rows(name: str, video, segments, labels, scores=None) -> tuple[np.ndarray, ...]:
-    video = np.asarray(video)
-    segments = np.asarray(segments, dtype=np.float64)
-    labels = np.asarray(labels)
+@dataclass(frozen=True)
+class Instances:
+    """Action instances as flat rows: predictions (with ``scores``) or ground truth.
+
+    ``video`` (N,) int video index or key (`video_key`); ``segments`` (N, 2) start
+    and end in seconds; ``labels`` (N,) int class index; ``scores`` (N,) confidences,
+    None for ground truth. Any array-likes; the functions that take instances check
+    them and name the field at fault (``pred.scores``, ``gt.labels``).
+    """
+
+    video: Any
+    segments: Any
+    labels: Any
+    scores: Any = None
+
+
+def _check_rows(
+    name: str, rows: Instances, *, scored: bool, n_videos: int | None = None
+) -> Instances:
+    """``rows`` as numpy arrays (int64 video and labels, float64 (N, 2) segments and
+    scores), checked; ``scored``: scores required (predictions) or refused (ground
+    truth); ``n_videos``: video must index a table of that many videos."""
+    if not isinstance(rows, Instances):
+        raise TypeError(f"{name}: expected Instances, got {type(rows).__name__}")
+    video = np.asarray(rows.video)
+    segments = np.asarray(rows.segments, dtype=np.float64)
+    labels = np.asarray(rows.labels)
     n = len(video)
     if video.ndim != 1 or (n and not np.issubdtype(video.dtype, np.integer)):
         raise ValueError(
-            f"{name}_video: expected a 1-D integer array, got {video.dtype} {video.shape}"
+            f"{name}.video: expected a 1-D integer array, got {video.dtype} {video.shape}"
+        )
+    if n_videos is not None and n and (video.min() < 0 or video.max() >= n_videos):
+        raise ValueError(
+            f"{name}.video: expected indices into video_duration (0..{n_videos - 1}), "
+            f"found {video.min()}..{video.max()}"
         )
     if segments.size == 0:
         segments = segments.reshape(0, 2)
     if segments.shape != (n, 2):
-        raise ValueError(f"{name}_segments: expected shape ({n}, 2), got {segments.shape}")
+        raise ValueError(f"{name}.segments: expected shape ({n}, 2), got {segments.shape}")
     if labels.shape != (n,) or (n and not np.issubdtype(labels.dtype, np.integer)):
-        raise ValueError(f"{name}_labels: expected {n} integers, got {labels.dtype} {labels.shape}")
-    start, end = np.ascontiguousarray(segments[:, 0]), np.ascontiguousarray(segments[:, 1])
-    if not (np.isfinite(start).all() and np.isfinite(end).all()):
-        raise ValueError(f"{name}_segments: every start and end must be finite")
-    out = [video.astype(np.int64), start, end, labels.astype(np.int64)]
-    if scores is not None:
-        scores = np.asarray(scores, dtype=np.float64)
+        raise ValueError(f"{name}.labels: expected {n} integers, got {labels.dtype} {labels.shape}")
+    if not np.isfinite(segments).all():
+        raise ValueError(f"{name}.segments: every start and end must be finite")
+    scores = None
+    if scored:
+        if rows.scores is None:
+            raise ValueError(f"{name}.scores: expected {n} scores, got None")
+        scores = np.asarray(rows.scores, dtype=np.float64)
         if scores.shape != (n,):
-            raise ValueError(f"{name}_scores: expected shape ({n},), got {scores.shape}")
+            raise ValueError(f"{name}.scores: expected shape ({n},), got {scores.shape}")
         if not np.isfinite(scores).all():
-            raise ValueError(f"{name}_scores: every score must be finite")
-        out.append(scores)
-    return tuple(out)
+            raise ValueError(f"{name}.scores: every score must be finite")
+    elif rows.scores is not None:
+        raise ValueError(f"{name}.scores: ground truth has no scores; expected None")
+    return Instances(video.astype(np.int64), segments, labels.astype(np.int64), scores)
+
+
+def _columns(pred: Instances, gt: Instances) -> tuple[np.ndarray, ...]:
+    """`_match`'s first nine arguments, from checked instances."""
+    p0, p1 = (np.ascontiguousarray(pred.segments[:, i]) for i in (0, 1))
+    g0, g1 = (np.ascontiguousarray(gt.segments[:, i]) for i in (0, 1))
+    return pred.video, p0, p1, pred.scores, pred.labels, gt.video, g0, g1, gt.labels
 
 
 def _check_thresholds(tiou_thresholds: Sequence[float]) -> np.ndarray:
@@ -379,56 +418,36 @@ def _average_precision(tp_thr, tp_pred, order, p_class, npos, n_thr) -> np.ndarr
 
 
 def match_predictions(
-    pred_video,
-    pred_segments,
-    pred_scores,
-    pred_labels,
-    gt_video,
-    gt_segments,
-    gt_labels,
-    tiou_thresholds: Sequence[float] = (0.5,),
+    pred: Instances, gt: Instances, tiou_thresholds: Sequence[float] = (0.5,)
 ) -> np.ndarray:
     """True-positive flags (T, N_pred) of each prediction at each threshold, in input order.
 
-    Rows are flat: ``pred_video`` (N,) int video index or key, ``pred_segments``
-    (N, 2), ``pred_scores`` (N,), ``pred_labels`` (N,) int; the same for the
-    ground truth without scores. Ties follow the module docstring. Fastest when
-    the rows of a video are contiguous.
+    ``pred`` with scores, ``gt`` without (`Instances`). Ties follow the module
+    docstring. Fastest when the rows of a video are contiguous.
     """
-    pv, p0, p1, pl, pscore = _check_rows(
-        "pred", pred_video, pred_segments, pred_labels, pred_scores
-    )
-    gv, g0, g1, gl = _check_rows("gt", gt_video, gt_segments, gt_labels)
+    pred, gt = _check_rows("pred", pred, scored=True), _check_rows("gt", gt, scored=False)
     thr = _check_thresholds(tiou_thresholds)
-    tp_thr, tp_pred = _match(pv, p0, p1, pscore, pl, gv, g0, g1, gl, thr)[:2]
-    tp = np.zeros((len(thr), len(pv)), dtype=bool)
+    tp_thr, tp_pred = _match(*_columns(pred, gt), thr)[:2]
+    tp = np.zeros((len(thr), len(pred.video)), dtype=bool)
     tp[tp_thr, tp_pred] = True
     return tp
 
 
 def evaluate_detections(
-    pred_video,
-    pred_segments,
-    pred_scores,
-    pred_labels,
-    gt_video,
-    gt_segments,
-    gt_labels,
+    pred: Instances,
+    gt: Instances,
     tiou_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
 ) -> DetectionEvaluation:
     """Per-class AP, mAP per threshold and average mAP (official protocol).
 
-    Inputs as in `match_predictions`. Classes are those present in ``gt_labels``;
+    Inputs as in `match_predictions`. Classes are those present in ``gt.labels``;
     a prediction of another class is a false positive of a class outside the mean,
     so it changes nothing. With no ground truth at all, mAP is NaN.
     """
-    pv, p0, p1, pl, pscore = _check_rows(
-        "pred", pred_video, pred_segments, pred_labels, pred_scores
-    )
-    gv, g0, g1, gl = _check_rows("gt", gt_video, gt_segments, gt_labels)
+    pred, gt = _check_rows("pred", pred, scored=True), _check_rows("gt", gt, scored=False)
     thr = _check_thresholds(tiou_thresholds)
-    tp_thr, tp_pred, order, labels, p_class = _match(pv, p0, p1, pscore, pl, gv, g0, g1, gl, thr)
-    npos = np.bincount(_dense(gl, labels), minlength=len(labels))
+    tp_thr, tp_pred, order, labels, p_class = _match(*_columns(pred, gt), thr)
+    npos = np.bincount(_dense(gt.labels, labels), minlength=len(labels))
     ap = _average_precision(tp_thr, tp_pred, order, p_class, npos, len(thr))
     mean_ap = ap.mean(axis=0) if len(labels) else np.full(len(thr), np.nan)
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from salad_lightning.metrics.functional import evaluate_detections, video_key
+from salad_lightning.metrics.functional import Instances, evaluate_detections, video_key
 
 __all__ = ["TemporalActionDetectionMAP", "first_copies", "source_id", "state_array"]
 
@@ -221,16 +221,14 @@ class TemporalActionDetectionMAP(Metric):
             first_copies(s["video_keys"], s["video_sources"], s[f"{x}_keys"], s[f"{x}_sources"])
             for x in ("pred", "gt")
         )
-        result = evaluate_detections(
+        pred = Instances(
             s["pred_keys"][p],
             s["pred_segments"].reshape(-1, 2)[p],
-            s["pred_scores"][p],
             s["pred_labels"][p],
-            s["gt_keys"][g],
-            s["gt_segments"].reshape(-1, 2)[g],
-            s["gt_labels"][g],
-            tiou_thresholds=self.tiou_thresholds,
+            s["pred_scores"][p],
         )
+        gt = Instances(s["gt_keys"][g], s["gt_segments"].reshape(-1, 2)[g], s["gt_labels"][g])
+        result = evaluate_detections(pred, gt, tiou_thresholds=self.tiou_thresholds)
         out = {
             f"mAP@{t:g}": torch.tensor(float(v), dtype=torch.float64)
             for t, v in zip(self.tiou_thresholds, result.mAP)
