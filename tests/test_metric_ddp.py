@@ -49,7 +49,8 @@ def make_videos(n_videos: int = 7, n_classes: int = 3, seed: int = 0):
 
 
 def flat(preds, targets):
-    """The functional evaluator's flat arrays, videos keyed as the metric keys them."""
+    """The reference's flat arrays (`as_instances` makes the evaluator's input of them),
+    videos keyed as the metric keys them."""
 
     def keys(items, field):
         return [np.full(len(x[field]), video_key(x["video_id"]), dtype=np.int64) for x in items]

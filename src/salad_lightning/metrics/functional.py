@@ -104,7 +104,7 @@ class Instances:
     """Action instances as flat rows: predictions (with ``scores``) or ground truth.
 
     ``video`` (N,) int video index or key (`video_key`); ``segments`` (N, 2) start
-    and end in seconds; ``labels`` (N,) int class index; ``scores`` (N,) confidences,
+    and end in any unit (seconds in this project); ``labels`` (N,) int class index; ``scores`` (N,) confidences,
     None for ground truth. Any array-likes; the functions that take instances check
     them and name the field at fault (``pred.scores``, ``gt.labels``).
     """
