@@ -44,13 +44,20 @@ def _run_stamp() -> str:
     return _STAMP[pid]
 
 
+def last_checkpoint(resume: str | os.PathLike) -> Path:
+    """``resume=RUN``'s checkpoint to continue from: ``RUN/checkpoints/last.ckpt``, which
+    must exist."""
+    last = Path(str(resume)) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise FileNotFoundError(f"resume={resume}: {last} does not exist (nothing to resume)")
+    return last
+
+
 def _run_dir(resume: str | None, log_dir: str) -> str:
     if not resume:
         return f"{log_dir}/runs/{_run_stamp()}"
     # checked here, before Hydra makes the folder: a mistyped RUN leaves nothing behind
-    last = Path(str(resume)) / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise FileNotFoundError(f"resume={resume}: {last} does not exist (nothing to resume)")
+    last_checkpoint(resume)
     return str(resume)
 
 

@@ -20,7 +20,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from salad_lightning import config as _config  # noqa: F401  (registers the resolvers)
+from salad_lightning.config import last_checkpoint  # (importing it registers the resolvers)
 from salad_lightning.utils.instantiate import build, build_list
 from salad_lightning.utils.io import atomic_write_json, atomic_write_text
 from salad_lightning.utils.loggers import closing_loggers, override_key
@@ -106,9 +106,7 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
             raise FileNotFoundError(f"ckpt_path {ckpt} does not exist")
         return ckpt
     run = Path(resume)
-    last = run / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise FileNotFoundError(f"resume={resume}: {last} does not exist (nothing to resume)")
+    last = last_checkpoint(resume)
     # the run's network first: a run started from ckpt_path saved the checkpoint's
     # network in its config_resolved.yaml, which the comparison must see here too
     net_from_checkpoint(cfg, str(last))
