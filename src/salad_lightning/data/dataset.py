@@ -221,7 +221,7 @@ class TADDataset(Dataset):
             lengths.append(self._seq_len(shape[0]))
             if self.resize_to is None:
                 exp = expected_length(video.duration, self._fps(video), self.stride)
-                if not length_ratio_ok(shape[0], exp, *LENGTH_RATIO):
+                if not length_ratio_ok(shape[0], exp):
                     off.append(f"{video.video_id} ({shape[0]} steps, expected ~{exp:.0f})")
         if off:
             warnings.warn(
@@ -258,7 +258,7 @@ class TADDataset(Dataset):
         where = f"{paths} (video {video.video_id})"
         if self.source.ext.lower() != ".npy" and self.resize_to is None:
             exp = expected_length(video.duration, self._fps(video), self.stride)
-            if not length_ratio_ok(raw.shape[0], exp, *LENGTH_RATIO):
+            if not length_ratio_ok(raw.shape[0], exp):
                 warnings.warn(
                     f"{where}: {raw.shape[0]} steps, expected ~{exp:.0f} from duration*fps/stride",
                     DataWarning,

@@ -239,5 +239,7 @@ def expected_length(duration: float, fps: float, stride: int) -> float:
 LENGTH_RATIO = (0.5, 2.0)
 
 
-def length_ratio_ok(length: int, expected: float, low: float = 0.5, high: float = 2.0) -> bool:
+def length_ratio_ok(length: int, expected: float) -> bool:
+    """``length`` within `LENGTH_RATIO` of ``expected`` (or nothing to compare with)."""
+    low, high = LENGTH_RATIO
     return expected <= 0 or low <= length / expected <= high

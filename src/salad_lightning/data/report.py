@@ -23,7 +23,7 @@ from salad_lightning.data.annotations import (
     VideoRecord,
     _first,
 )
-from salad_lightning.data.features import LENGTH_RATIO, expected_length, length_ratio_ok
+from salad_lightning.data.features import expected_length, length_ratio_ok
 
 # A split whose median feature length is outside this share of duration * fps / stride
 # is flagged: the stride or the fps is probably wrong.
@@ -68,7 +68,7 @@ def _length_check(split: SplitData) -> dict[str, Any] | None:
             continue
         expected = expected_length(video.duration, fps, split.stride)
         ratios.append(steps / expected)
-        if not length_ratio_ok(steps, expected, *LENGTH_RATIO):
+        if not length_ratio_ok(steps, expected):
             off.append(f"{video.video_id} ({steps} steps, expected ~{expected:.0f})")
     if not ratios:
         return None
