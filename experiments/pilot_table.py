@@ -3,9 +3,9 @@
     python experiments/pilot_table.py [logs/pilot] [--names NAME,...]
 
 Per candidate: each seed's average test mAP (%) over the tIoU columns, their mean and
-sample std (ddof 1), std / mean, the median wall time of its runs (two side by side)
-and the range of the 1-minute load average at their starts and ends
-and the median CPU seconds (user + system) of a run, which do not depend on the load
+sample std (ddof 1), std / mean, the median wall time of its runs (two side by side),
+the range of the 1-minute load average at their starts and ends, and the median CPU
+seconds (user + system) of a run, which do not depend on the load
 (``logs/pilot/times.tsv``; the last line of a candidate and seed counts).
 """
 

@@ -133,7 +133,6 @@ class SaladDataModule(pl.LightningDataModule):
         # set by the pre-flight: a split's missing or unreadable files are reported
         # together instead of stopping at the first
         self._defer_file_errors = False
-        # split -> (subsets, every record of the split, found or not)
 
     # -- facts about the data ---------------------------------------------------
     @property

@@ -51,12 +51,12 @@ def select_videos(
     """A deterministic ``fraction`` of each subset's videos, in file order.
 
     ``subset_fractions`` gives a subset its own share instead (e.g. ``{"Test": 1.0}``:
-    train on a fraction of ``Validation``, test on every ``Test`` video). Videos are ranked by the SHA-1 of their id (no seed), so the selection does not
-    change with the feature seed. Each subset keeps its first ``ceil(fraction * n)``
-    videos plus, for every label of the subset that those miss, its first video with
-    that label: every class stays in every subset (per-class AP needs it, and a
-    class index by ``label_id`` needs all ids). A smaller fraction is a subset of a
-    larger one.
+    train on a fraction of ``Validation``, test on every ``Test`` video). Videos are
+    ranked by the SHA-1 of their id (no seed), so the selection does not change with the
+    feature seed. Each subset keeps its first ``ceil(fraction * n)`` videos plus, for
+    every label of the subset that those miss, its first video with that label: every
+    class stays in every subset (per-class AP needs it, and a class index by
+    ``label_id`` needs all ids). A smaller fraction is a subset of a larger one.
     """
     shares = {None: fraction, **(subset_fractions or {})}
     for name, share in shares.items():
