@@ -79,10 +79,10 @@ def test_true_positive_flags_use_the_greedy_official_matching():
     assert true_positive_flags([[0, 1]], [0.5], [0], np.zeros((0, 2)), []).tolist() == [False]
 
 
-def test_the_metric_labels_detections_per_video_and_counts_each_video_once():
+def test_the_store_labels_detections_per_video_and_counts_each_video_once():
     import torch
 
-    from salad_lightning.metrics.detection_calibration import DetectionCalibrationError
+    from salad_lightning.metrics.store import DetectionStore
 
     # video a: gt [0, 10] class 0; detections 0.9 [1, 10] (TP), 0.4 [0, 10] (gt taken: FP)
     # video b: gt [5, 9] class 1; detection 0.6 [5, 9] class 0 (wrong class: FP)
@@ -90,15 +90,16 @@ def test_the_metric_labels_detections_per_video_and_counts_each_video_once():
          {"video_id": "a", "segments": [[0, 10]], "labels": [0]})  # fmt: skip
     b = ({"video_id": "b", "segments": [[5, 9]], "scores": [0.6], "labels": [0]},
          {"video_id": "b", "segments": [[5, 9]], "labels": [1]})  # fmt: skip
-    metric = DetectionCalibrationError(n_bins=2)
-    metric.update([a[0], b[0]], [a[1], b[1]])
-    metric.update([a[0]], [a[1]])  # a repeated (a distributed sampler's padding): once
-    out = metric.compute()
+    store = DetectionStore(calibration_bins=2)
+    store.update([a[0], b[0]], [a[1], b[1]])
+    store.update([a[0]], [a[1]])  # a repeated (a distributed sampler's padding): once
+    out = store.evaluate()
     # bins (0, .5]: 0.4 FP -> gap 0.4, weight 1/3; (.5, 1]: 0.9 TP, 0.6 FP -> mean conf
     # 0.75, accuracy 0.5 -> gap 0.25, weight 2/3. ECE = 0.4/3 + 0.5/3 = 0.3
-    assert float(out["ece"]) == pytest.approx(0.3, abs=1e-12)
-    assert sorted(out["confidences"].tolist()) == [0.4, 0.6, 0.9]
-    assert int(out["correct"].sum()) == 1
+    assert out.ece == pytest.approx(0.3, abs=1e-12)
+    assert float(store.compute()["ece"]) == out.ece
+    assert sorted(out.confidences.tolist()) == [0.4, 0.6, 0.9]
+    assert int(out.correct.sum()) == 1
     # torchmetrics' BinaryCalibrationError bins [lower, upper): at a bin edge it differs
     from torchmetrics.classification import BinaryCalibrationError
 
@@ -112,10 +113,10 @@ def test_the_metric_labels_detections_per_video_and_counts_each_video_once():
     assert float(theirs) == pytest.approx(0.3, abs=1e-6)
 
 
-def test_the_metric_labels_as_per_video_matching_does():
-    """One matching over every video (in compute) labels each detection as the per-video
-    `true_positive_flags` does, equal scores included."""
-    from salad_lightning.metrics.detection_calibration import DetectionCalibrationError
+def test_the_store_labels_as_per_video_matching_does():
+    """One matching over every video (the store's) labels each detection as the
+    per-video `true_positive_flags` does, equal scores included."""
+    from salad_lightning.metrics.store import DetectionStore
 
     rng = np.random.default_rng(4)
     preds, targets, expected = [], [], []
@@ -131,13 +132,13 @@ def test_the_metric_labels_as_per_video_matching_does():
         preds.append({"video_id": f"v{v}", "segments": ps, "scores": sc, "labels": pl})
         targets.append({"video_id": f"v{v}", "segments": gs, "labels": gl})
         expected.append((sc, true_positive_flags(ps, sc, pl, gs, gl, tiou=0.5)))
-    metric = DetectionCalibrationError(n_bins=5)
-    metric.update(preds[:5], targets[:5])
-    metric.update(preds[5:], targets[5:])
-    out = metric.compute()
+    store = DetectionStore(calibration_bins=5)
+    store.update(preds[:5], targets[:5])
+    store.update(preds[5:], targets[5:])
+    out = store.evaluate()
     conf = np.concatenate([c for c, _ in expected])
     flags = np.concatenate([f for _, f in expected])
     assert flags.any() and not flags.all()
-    got = sorted(zip(out["confidences"].tolist(), out["correct"].tolist()))
+    got = sorted(zip(out.confidences.tolist(), out.correct.tolist()))
     assert got == sorted(zip(conf.tolist(), flags.tolist()))
-    assert float(out["ece"]) == pytest.approx(expected_calibration_error(conf, flags, 5), abs=1e-12)
+    assert out.ece == pytest.approx(expected_calibration_error(conf, flags, 5), abs=1e-12)

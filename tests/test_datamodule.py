@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import shutil
 import time
 import warnings
 
@@ -12,10 +13,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from salad_lightning.data.annotations import ClassIndex, DataWarning
+from salad_lightning.data.annotations import DataWarning
 from salad_lightning.data.batch import Batch
 from salad_lightning.data.datamodule import SaladDataModule, holdout_split
 from salad_lightning.data.dataset import max_gt_steps
+from salad_lightning.data.detections import VideoGroundTruth
 from salad_lightning.data.sampler import BucketBatchSampler
 
 
@@ -55,15 +57,10 @@ def _check_batch(b, c, max_len=None):
         assert getattr(b, k).shape == (bsz,) and getattr(b, k).dtype == torch.float64
     assert len(b.meta) == bsz
     for m in b.meta:
-        assert {
-            "video_id",
-            "duration",
-            "fps",
-            "crop_start",
-            "gt_index",
-            "gt_segments_sec",
-            "gt_labels",
-        } <= set(m)
+        assert {"video_id", "duration", "fps", "crop_start", "gt_index", "ground_truth"} <= set(m)
+        truth = m["ground_truth"]
+        assert isinstance(truth, VideoGroundTruth) and truth.video_id == m["video_id"]
+        assert truth.duration == m["duration"]
 
 
 def test_thumos_splits_and_facts(thumos_folder, quiet):
@@ -151,22 +148,31 @@ def test_picklable_and_fast_to_construct(thumos_folder, quiet):
     assert again.datasets["train"].video_ids == dm.datasets["train"].video_ids
 
 
-def test_class_index_travels_with_checkpoints(thumos_folder, tmp_path, quiet):
+def test_facts_a_model_is_built_with(thumos_folder, tmp_path, quiet):
+    """`facts`: the class names (from the annotation file, or a class index file), the
+    longest training ground truth when fitting, and the evaluated splits' videos without
+    features, as published (what the evaluation store is given)."""
     dm = _thumos_dm(thumos_folder)
-    state = dm.state_dict()
-    assert state["class_names"][:2] == ["BaseballPitch", "BasketballDunk"]
-    other = _thumos_dm(thumos_folder)
-    other.load_state_dict(state)
-    assert other.class_index == dm.class_index
+    facts = dm.facts(["fit", "test"])
+    assert facts.class_names[:2] == ("BaseballPitch", "BasketballDunk")
+    assert facts.max_offset == dm.max_offset > 0
+    assert facts.ground_truth_only == {"val": (), "test": ()}
+    assert _thumos_dm(thumos_folder).facts(["test"]).max_offset is None  # not fitting
     dm.class_index.save(tmp_path / "classes.json")
-    assert (
-        _thumos_dm(thumos_folder, class_index_file=str(tmp_path / "classes.json")).num_classes == 20
-    )
-    wrong = ClassIndex(tuple(reversed(dm.class_index.names)))
-    with pytest.raises(
-        ValueError, match="the checkpoint's class index .* differs from this data's"
-    ):
-        dm.load_state_dict({"class_names": list(wrong.names)})
+    named = _thumos_dm(thumos_folder, class_index_file=str(tmp_path / "classes.json"))
+    assert named.num_classes == 20 and named.facts([]).class_names == facts.class_names
+    # a test video without features: skipped, and given to the store as ground truth only
+    feats = tmp_path / "feats"
+    shutil.copytree(thumos_folder.feature_dir, feats)
+    gone = "video_test_0000004"
+    (feats / f"{gone}.npy").unlink()
+    dm = _thumos_dm(thumos_folder, feature_dir=str(feats), skip_missing=True)
+    with pytest.warns(Warning):
+        only = dm.facts(["test"]).ground_truth_only["test"]
+    published = dm.annotations.videos[gone]
+    assert [g.video_id for g in only] == [gone]
+    np.testing.assert_array_equal(only[0].segments, published.raw_segments)
+    assert only[0].duration == published.duration and len(only[0].labels) > 0
 
 
 def test_activitynet_layout(anet_folder):

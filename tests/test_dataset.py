@@ -33,8 +33,7 @@ META_KEYS = {
     "fps",
     "crop_start",
     "gt_index",
-    "gt_segments_sec",
-    "gt_labels",
+    "ground_truth",
 }
 
 
@@ -163,8 +162,10 @@ def test_training_crop_by_hand(make_folder, monkeypatch):
     raw = np.load(f"{folder.feature_dir}/v.npy")
     np.testing.assert_array_equal(s["features"].numpy(), raw[100:200])
     assert s["mapping"].offset == pytest.approx(8 / 30 + 100 * 4 / 30)
-    # the whole video's ground truth stays in the meta, for the metric
-    np.testing.assert_array_equal(s["meta"]["gt_segments_sec"], ann.videos["v"].segments)
+    # the whole video's ground truth stays in the meta, for the evaluation store
+    truth = s["meta"]["ground_truth"]
+    np.testing.assert_array_equal(truth.segments, ann.videos["v"].raw_segments)
+    assert truth.labels.tolist() == [0, 0, 1] and truth.video_id == "v"  # A, A, B
 
 
 def test_random_crops_keep_their_invariants(thumos_folder):

@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 
 from _literal_diagnosis import literal_diagnose
+from salad_lightning.data.detections import VideoDetections, VideoGroundTruth
 from salad_lightning.metrics.diagnosis import (
     CHARACTERISTICS,
     ERROR_TYPES,
     PRESETS,
     Bins,
     diagnose,
-    write_diagnosis,
 )
-from salad_lightning.metrics.functional import Instances, evaluate_detections
+from salad_lightning.metrics.evaluation import evaluate_videos
+from salad_lightning.metrics.functional import Instances, evaluate_detections, match_detections
+from salad_lightning.reporting import diagnose_evaluation, write_diagnosis
 
 THUMOS = PRESETS["thumos14"]
 ANET = PRESETS["activitynet"]
@@ -183,19 +185,51 @@ def test_zero_length_and_overlong_ground_truths_are_dropped():
     }
 
 
-def test_per_video_input_left_with_nothing_after_detads_drops_gives_none():
-    """`diagnose_videos` (the run's diagnosis): ground truth only of zero length or
+def test_an_evaluation_left_with_nothing_after_detads_drops_gives_none():
+    """`diagnose_evaluation` (the run's diagnosis): ground truth only of zero length or
     longer than its video is nothing to diagnose, not an error; one kept instance is."""
-    from salad_lightning.metrics.diagnosis import diagnose_videos
 
     def video(vid, duration, segments):
-        gt = {"segments": np.array(segments, float), "labels": np.zeros(len(segments), int)}
-        return {"video_id": vid, "duration": duration, "gt": gt}
+        return VideoGroundTruth(
+            vid, np.array(segments, float), np.zeros(len(segments), int), duration
+        )
 
     overlong = [video("a", 100.0, [[0, 120]]), video("b", 50.0, [[5, 5]])]
-    assert diagnose_videos(overlong, **THUMOS) is None
-    d = diagnose_videos([*overlong, video("c", 100.0, [[10, 20]])], **THUMOS)
+    assert diagnose_evaluation(evaluate_videos([], overlong, [0.5]), **THUMOS) is None
+    evaluation = evaluate_videos([], [*overlong, video("c", 100.0, [[10, 20]])], [0.5])
+    d = diagnose_evaluation(evaluation, **THUMOS)
     assert (d.num_ground_truths, d.num_dropped_ground_truths) == (1, 2)
+    # a video with ground truth but no duration is named
+    with pytest.raises(ValueError, match=r"duration: none .* for 1 videos .*\['d'\]"):
+        diagnose_evaluation(evaluate_videos([], [video("d", float("nan"), [[1, 2]])], [0.5]))
+
+
+def test_the_evaluations_matching_is_the_diagnosis_matching():
+    """Given the evaluation's matching (no ground truth dropped, the thresholds matched),
+    the diagnosis reads it instead of matching again: the same result either way; with a
+    matching that says otherwise, the result follows the matching given (so it is read)."""
+    rng = np.random.default_rng(5)
+    truths, dets = [], []
+    for v in range(6):
+        start = rng.uniform(0, 80, 4)
+        segs = np.stack([start, start + rng.uniform(2, 15, 4)], axis=1)
+        labels = rng.integers(0, 3, 4)
+        truths.append(VideoGroundTruth(f"v{v}", segs, labels, 100.0))
+        noisy = np.sort(segs[rng.integers(0, 4, 10)] + rng.normal(0, 2, (10, 2)), axis=1)
+        dets.append(VideoDetections(f"v{v}", noisy, rng.random(10), rng.integers(0, 3, 10)))
+    evaluation = evaluate_videos(dets, truths, ANET["tiou_thresholds"])
+    e = evaluation
+    with_matching = diagnose(e.pred, e.gt, e.durations, matching=e.matching, **ANET)
+    without = diagnose(e.pred, e.gt, e.durations, **ANET)
+    assert with_matching.to_json() == without.to_json()
+    assert 0 < with_matching.average_mAP_N < 1
+    np.testing.assert_array_equal(with_matching.prediction_type, without.prediction_type)
+    # a matching with no true positive at all: read as given
+    none = e.matching._replace(tp=np.zeros_like(e.matching.tp), gt=np.full_like(e.matching.gt, -1))
+    assert diagnose(e.pred, e.gt, e.durations, matching=none, **ANET).average_mAP_N == 0.0
+    # a matching without the diagnosis' thresholds is not used: the rows are matched here
+    only = match_detections(e.pred, e.gt, [0.3])
+    assert diagnose(e.pred, e.gt, e.durations, matching=only, **ANET).to_json() == without.to_json()
 
 
 def test_class_without_predictions_scores_zero():

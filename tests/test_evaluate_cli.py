@@ -215,7 +215,7 @@ def test_diagnose_writes_detads_analyses_without_torch(files, tmp_path):
 
     gt = json.loads(json.dumps(GROUND_TRUTH))
     for i, video in enumerate(gt["database"].values()):
-        video["duration"] = 40.0 + 10 * i
+        video["duration"] = 200.0 + 100 * i
     argv = [*files(gt=gt), "--subset", "Test", "--diagnose", str(tmp_path / "diag")]
     code = (
         "import runpy, sys; sys.argv = ['evaluate'] + sys.argv[1:]; "
@@ -224,7 +224,8 @@ def test_diagnose_writes_detads_analyses_without_torch(files, tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "DETAD diagnosis (thumos14 defaults, tIoU [0.5])" in proc.stdout
+    # the data: instances of 5-10 s in videos of 200-400 s, a median coverage of 0.05
+    assert "DETAD diagnosis at tIoU [0.5] with thumos14's bins (the ground truth" in proc.stdout
     written = json.loads((tmp_path / "diag" / "diagnosis.json").read_text())
     for name in ("false_positive_analysis", "sensitivity_analysis", "false_negative_analysis"):
         assert (tmp_path / "diag" / f"{name}.png").stat().st_size > 10_000
@@ -251,3 +252,82 @@ def test_diagnose_writes_detads_analyses_without_torch(files, tmp_path):
     )
     assert written == json.loads(json.dumps(expected.to_json()))
     assert written["false_positive_profile"]["1G"]["true_positive"] > 0
+
+
+def _long_actions(gt: dict) -> dict:
+    """GROUND_TRUTH with durations that make its instances ActivityNet-like (coverage
+    0.27-0.8 of their video)."""
+    gt = json.loads(json.dumps(gt))
+    for video in gt["database"].values():
+        ends = [a["segment"][1] for a in video["annotations"]] or [10.0]
+        video["duration"] = max(ends) * 1.25
+    return gt
+
+
+@pytest.mark.parametrize(
+    "extra, data, preset, thresholds",
+    [
+        # ActivityNet's ten thresholds and no preset: those ten, with ActivityNet's bins
+        (["--tiou", *[f"{0.5 + 0.05 * i:.2f}" for i in range(10)]], "short", "activitynet", None),
+        # no --tiou and no preset: the preset the data looks like, at its thresholds
+        ([], "long", "activitynet", None),
+        ([], "short", "thumos14", None),
+        # thresholds of no preset: those thresholds, with the bins the data looks like
+        (["--tiou", "0.3", "0.6"], "long", "activitynet", (0.3, 0.6)),
+        # a named preset wins over the data; --tiou still sets the thresholds
+        (["--diagnose-preset", "thumos14", "--tiou", "0.4"], "long", "thumos14", (0.4,)),
+    ],
+)
+def test_the_diagnosis_follows_the_thresholds_and_the_data(
+    files, tmp_path, extra, data, preset, thresholds
+):
+    """The command's diagnosis is `diagnose` with the bins of the preset the user named,
+    else of the one whose thresholds --tiou gives, else of the one the data looks like;
+    at the thresholds of --tiou when given. The note says which and why."""
+    import numpy as np
+
+    from salad_lightning.metrics.diagnosis import PRESETS, diagnose
+    from salad_lightning.metrics.functional import Instances, video_key
+
+    gt = json.loads(json.dumps(GROUND_TRUTH))
+    for i, video in enumerate(gt["database"].values()):
+        video["duration"] = 200.0 + 100 * i  # coverages 0.05, 0.05, 0.033, 0.0125
+    if data == "long":
+        gt = _long_actions(gt)
+    out = tmp_path / "diag"
+    argv = [*files(gt=gt), "--subset", "Test", "--diagnose", str(out), *extra]
+    proc = subprocess.run(
+        [sys.executable, "-m", "salad_lightning.evaluate", *argv], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    settings = dict(PRESETS[preset])
+    if thresholds is not None or "--tiou" in extra:
+        settings["tiou_thresholds"] = thresholds or PRESETS[preset]["tiou_thresholds"]
+    expect = [float(t) for t in settings["tiou_thresholds"]]
+    assert f"DETAD diagnosis at tIoU {expect} with {preset}'s bins (" in proc.stdout
+    coverage = settings["coverage_bins"].edges
+    assert f"coverage {list(coverage)}" in proc.stdout
+
+    videos = sorted(("a", "b", "c"), key=video_key)
+    index = {v: i for i, v in enumerate(videos)}
+    labels = {"Jump": 0, "Run": 1, "Dance": 2}
+    gt_rows = [(v, a) for v in videos for a in gt["database"][v]["annotations"]]
+    preds = [(v, p) for v in videos for p in PREDICTIONS["results"].get(v, [])]
+    expected = diagnose(
+        Instances(
+            video=np.array([index[v] for v, _ in preds]),
+            segments=np.array([p["segment"] for _, p in preds], dtype=float),
+            labels=np.array([labels[p["label"]] for _, p in preds]),
+            scores=np.array([p["score"] for _, p in preds]),
+        ),
+        Instances(
+            video=np.array([index[v] for v, _ in gt_rows]),
+            segments=np.array([a["segment"] for _, a in gt_rows], dtype=float),
+            labels=np.array([labels[a["label"]] for _, a in gt_rows]),
+        ),
+        np.array([gt["database"][v]["duration"] for v in videos]),
+        **settings,
+    )
+    written = json.loads((out / "diagnosis.json").read_text())
+    assert written == json.loads(json.dumps(expected.to_json()))
+    assert written["tiou_thresholds"] == expect

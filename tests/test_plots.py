@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from salad_lightning import plots
+from salad_lightning.data.detections import VideoDetections, VideoGroundTruth
 from salad_lightning.metrics.diagnosis import PRESETS, diagnose
+from salad_lightning.metrics.evaluation import evaluate_videos
 from salad_lightning.metrics.functional import Instances
 
 
@@ -19,18 +21,25 @@ def png_size(path) -> tuple[int, int]:
 
 
 def video(video_id: str, gts: list[tuple[float, float]], dets: list[tuple[float, float, float]]):
-    """One test output: class 0 everywhere; ``dets`` as (start, end, score)."""
-    return {
-        "video_id": video_id,
-        "segments": np.array([d[:2] for d in dets], dtype=float).reshape(-1, 2),
-        "scores": np.array([d[2] for d in dets], dtype=float),
-        "labels": np.zeros(len(dets), dtype=int),
-        "gt": {
-            "video_id": video_id,
-            "segments": np.array(gts, dtype=float).reshape(-1, 2),
-            "labels": np.zeros(len(gts), dtype=int),
-        },
-    }
+    """One video's (detections, ground truth): class 0 everywhere; ``dets`` as
+    (start, end, score)."""
+    return (
+        VideoDetections(
+            video_id,
+            np.array([d[:2] for d in dets], dtype=float).reshape(-1, 2),
+            np.array([d[2] for d in dets], dtype=float),
+            np.zeros(len(dets), dtype=int),
+        ),
+        VideoGroundTruth(
+            video_id, np.array(gts, dtype=float).reshape(-1, 2), np.zeros(len(gts), dtype=int)
+        ),
+    )
+
+
+def evaluation(videos, tiou=(0.5,)):
+    """The evaluation of (detections, ground truth) pairs, and the videos' positions in it."""
+    result = evaluate_videos([d for d, _ in videos], [g for _, g in videos], list(tiou))
+    return result, [result.video_ids.index(g.video_id) for _, g in videos]
 
 
 FOUR = [(0, 10), (20, 30), (40, 50), (60, 70)]
@@ -47,17 +56,22 @@ OUTPUTS = [
 
 
 def test_video_ap_by_hand():
-    aps = [plots.video_ap(o) for o in OUTPUTS]
+    result, at = evaluation(OUTPUTS)
+    aps = plots.video_aps(result)[at]
     np.testing.assert_allclose(aps[:5], [0.25, 1.0, 0.0, 0.5, 0.75])
     assert np.isnan(aps[5])
     # Two classes in one video: class 0 found (AP 1), class 1 missed (0), and a
     # detection of class 2, absent from the video, changes nothing: mean 1/2.
-    two = video("two", [(0, 10), (20, 30)], [(0, 10, 0.9), (20, 30, 0.8), (40, 50, 0.95)])
-    two["gt"]["labels"] = np.array([0, 1])
-    two["labels"] = np.array([0, 2, 2])
-    assert plots.video_ap(two) == 0.5
-    # All videos in one call, as the chooser does, give the same values.
-    np.testing.assert_array_equal(plots.video_aps([*OUTPUTS, two]), [*aps, 0.5])
+    dets, truth = video("two", [(0, 10), (20, 30)], [(0, 10, 0.9), (20, 30, 0.8), (40, 50, 0.95)])
+    two = (
+        VideoDetections("two", dets.segments, dets.scores, [0, 2, 2]),
+        VideoGroundTruth("two", truth.segments, [0, 1]),
+    )
+    alone, _ = evaluation([two])
+    assert plots.video_aps(alone).tolist() == [0.5]
+    # All videos in one evaluation give the same values (the chooser's view).
+    result, at = evaluation([*OUTPUTS, two])
+    np.testing.assert_array_equal(plots.video_aps(result)[at], [*aps, 0.5])
 
 
 @pytest.mark.parametrize(
@@ -72,8 +86,9 @@ def test_video_ap_by_hand():
     ],
 )
 def test_timelines_are_best_median_and_worst(num, expected):
-    chosen = plots.choose_timelines(OUTPUTS, num)
-    assert [OUTPUTS[i]["video_id"] for i, _ in chosen] == expected
+    result, _ = evaluation(OUTPUTS)
+    chosen = plots.choose_timelines(result, num)
+    assert [result.video_ids[i] for i, _ in chosen] == expected
     captions = [c.split(" of ")[0] for _, c in chosen]
     assert captions[0] == ("median" if num == 1 else "best")
     if num >= 2:
@@ -81,18 +96,18 @@ def test_timelines_are_best_median_and_worst(num, expected):
 
 
 def test_equal_aps_prefer_the_video_with_more_ground_truths():
-    outputs = [video("one", [(0, 10)], [(0, 10, 0.9)]), video("two", FOUR[:2], [(0, 10, 0.9)] * 0)]
+    outputs = [video("one", [(0, 10)], [(0, 10, 0.9)]), video("two", FOUR[:2], [])]
     outputs.append(video("two_found", FOUR[:2], [(0, 10, 0.9), (20, 30, 0.8)]))
-    assert [outputs[i]["video_id"] for i, _ in plots.choose_timelines(outputs, 2)] == [
+    result, _ = evaluation(outputs)
+    assert [result.video_ids[i] for i, _ in plots.choose_timelines(result, 2)] == [
         "two_found",
         "two",
     ]
 
 
 def test_write_plots(tmp_path):
-    conf = np.linspace(0.01, 0.99, 400)
-    correct = np.random.default_rng(0).random(400) < conf
-    images = plots.write_plots(OUTPUTS, ["Jump"], conf, correct, tmp_path, num_timelines=3)
+    result, _ = evaluation(OUTPUTS)
+    images = plots.write_plots(result, ["Jump"], tmp_path, num_timelines=3)
     assert list(images) == [
         "timeline/full",
         "timeline/half",
@@ -104,7 +119,18 @@ def test_write_plots(tmp_path):
         width, height = png_size(path)
         assert 400 <= width <= 2000 and 300 <= height <= 2000, (key, width, height)
     assert images["timeline/half"].name == "timeline_half.png"
-    assert plots.write_plots(OUTPUTS, [], None, None, tmp_path / "x", num_timelines=0) == {}
+    empty, _ = evaluation([video("none", [(0, 10)], [])])
+    assert plots.write_plots(empty, [], tmp_path / "x", num_timelines=0) == {}
+
+
+def test_timeline_flags_come_from_the_evaluations_matching(tmp_path):
+    """The drawn true positives are the evaluation's: a flag array of the wrong length is
+    refused, naming the video."""
+    dets, truth = video("t", [(0, 10)], [(0, 10, 0.9), (30, 40, 0.2)])
+    with pytest.raises(ValueError, match="2 detections of video 't' but 1 true-positive flags"):
+        plots.plot_timeline(dets, truth, ["Jump"], tmp_path / "t.png", true_positive=[True])
+    plots.plot_timeline(dets, truth, ["Jump"], tmp_path / "t.png", true_positive=[True, False])
+    assert png_size(tmp_path / "t.png")[0] > 400
 
 
 def test_crowded_timeline_wraps_into_rows(tmp_path):
@@ -112,17 +138,10 @@ def test_crowded_timeline_wraps_into_rows(tmp_path):
     gts = [(20 * i, 20 * i + 4) for i in range(50)]
     dets = [(s + 0.5, e, 0.9 - 0.01 * i) for i, (s, e) in enumerate(gts)] + [(5, 9, 0.01)]
     one, many = tmp_path / "one.png", tmp_path / "many.png"
-    plots.plot_timeline(video("v", gts[:5], dets[:5]), ["Jump"], one)
-    plots.plot_timeline(video("v", gts, dets), ["Jump"], many)
+    plots.plot_timeline(*video("v", gts[:5], dets[:5]), ["Jump"], one, true_positive=[True] * 5)
+    flags = [True] * 50 + [False]
+    plots.plot_timeline(*video("v", gts, dets), ["Jump"], many, true_positive=flags)
     assert png_size(many)[1] > 3 * png_size(one)[1]
-
-
-def test_timeline_accepts_torch_tensors(tmp_path):
-    torch = pytest.importorskip("torch")
-    out = video("t", [(0, 10)], [(0, 10, 0.9), (30, 40, 0.2)])
-    out = out | {k: torch.as_tensor(out[k]) for k in ("segments", "scores", "labels")}
-    plots.plot_timeline(out, ["Jump"], tmp_path / "t.png")
-    assert png_size(tmp_path / "t.png")[0] > 400
 
 
 def test_diagnosis_figures_with_empty_bins(tmp_path):

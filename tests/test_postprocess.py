@@ -541,18 +541,19 @@ def test_postprocess_batch_matches_reference(kw, device):
     )
     ref = _reference_postprocess(out, lengths, maps, W, **kw)
     assert len(got) == 3
-    for g, (kept, segs, labels) in zip(got, ref):
+    for b, (g, (kept, segs, labels)) in enumerate(zip(got, ref)):
         idx = [i for i, _ in kept]
         assert len(idx) > 1
-        assert g["labels"].dtype == torch.int64 and g["segments"].device.type == "cpu"
-        assert g["labels"].tolist() == [labels[i] for i in idx]
+        assert g.labels.dtype == np.int64 and g.video_id == str(b)  # default ids: positions
+        assert g.labels.tolist() == [labels[i] for i in idx]
         torch.testing.assert_close(
-            g["scores"], torch.tensor([s for _, s in kept], dtype=torch.float64)
+            torch.from_numpy(g.scores), torch.tensor([s for _, s in kept], dtype=torch.float64)
         )
         torch.testing.assert_close(
-            g["segments"], torch.tensor([segs[i] for i in idx], dtype=torch.float64).reshape(-1, 2)
+            torch.from_numpy(g.segments),
+            torch.tensor([segs[i] for i in idx], dtype=torch.float64).reshape(-1, 2),
         )
-        assert bool((g["scores"][1:] <= g["scores"][:-1]).all())
+        assert bool((g.scores[1:] <= g.scores[:-1]).all())
 
 
 def test_postprocess_batch_pre_nms_topk_and_errors():
@@ -567,14 +568,21 @@ def test_postprocess_batch_pre_nms_topk_and_errors():
         offset=torch.zeros(1, dtype=torch.float64),
         duration=torch.full((1,), 100.0, dtype=torch.float64),
     )
-    got = postprocess_batch(nms="none", pre_nms_topk=3, **args)[0]
+    got = postprocess_batch(nms="none", pre_nms_topk=3, video_ids=["v"], **args)[0]
     best3 = torch.sigmoid(score_logits[0]).sort(descending=True).values[:3]
-    torch.testing.assert_close(got["scores"], best3)
+    torch.testing.assert_close(torch.from_numpy(got.scores).float(), best3)
+    assert got.video_id == "v" and got.best_score == pytest.approx(float(best3[0]))
     # pre_nms_topk=3 then soft-NMS: at most those 3 proposals survive.
-    assert len(postprocess_batch(pre_nms_topk=3, min_score=0.0, **args)[0]["scores"]) == 3
-    # Half-precision outputs (autocast) are decoded in float32.
+    assert len(postprocess_batch(pre_nms_topk=3, min_score=0.0, **args)[0].scores) == 3
+    # Half-precision outputs (autocast) are decoded in float32: the sigmoid of the
+    # bfloat16 logits taken in float32, not rounded to bfloat16 again.
     half = dict(args, score_logits=score_logits.bfloat16())
-    assert postprocess_batch(**half)[0]["scores"].dtype == torch.float32
+    decoded = torch.sigmoid(score_logits.bfloat16().float()[0]).sort(descending=True).values
+    scores = postprocess_batch(nms="none", **half)[0].scores
+    assert scores.tolist() == decoded.double().tolist()
+    assert scores.tolist() != decoded.bfloat16().double().tolist()
+    with pytest.raises(ValueError, match="2 ids for a batch of 1"):
+        postprocess_batch(video_ids=["a", "b"], **args)
     with pytest.raises(ValueError, match="soft, hard, none"):
         postprocess_batch(nms="greedy", **args)
     with pytest.raises(ValueError, match="gaussian, linear"):

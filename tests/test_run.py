@@ -236,10 +236,46 @@ def test_thumos_layout_runs_one_epoch(tmp_path, thumos_folder):
 
 
 def test_checkpoint_holds_max_offset_and_class_names(tmp_path):
+    """The module is built with its data's facts (the longest training ground truth in
+    steps, the class names), saved once in the checkpoint; testing it on data that names
+    other classes is refused, naming both."""
+    import math
+
+    from salad_lightning.data.annotations import load_annotations
+    from salad_lightning.data.datamodule import holdout_split
+    from salad_lightning.data.dataset import video_mapping
+
     _, out = _train(tmp_path)
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert float(ckpt["state_dict"]["max_offset"]) > 0
-    assert len(ckpt["class_names"]) == 20
+    root = tmp_path / "cache" / "synthetic_tiny_seed0"
+    ann = load_annotations(root / "annotations.json")
+    train, _ = holdout_split(ann.select("Validation"), 0.25, 0)  # synthetic_tiny's holdout
+    steps = [
+        (v.segments[:, 1] - v.segments[:, 0]).max() / video_mapping(v, stride=16, window=16).scale
+        for v in train
+        if v.num_segments
+    ]
+    assert float(ckpt["state_dict"]["max_offset"]) == math.ceil(max(steps) - 1e-9)
+    names = json.loads((out / "class_index.json").read_text())["names"]
+    assert ckpt["hyper_parameters"]["class_names"] == names and len(names) == 20
+    assert "class_names" not in ckpt  # saved once, with the hyperparameters
+
+    renamed = tmp_path / "renamed.json"
+    doc = json.loads((root / "annotations.json").read_text())
+    for video in doc["database"].values():
+        for a in video["annotations"]:
+            a["label"] = "x_" + a["label"]
+    renamed.write_text(json.dumps(doc))
+    cfg = compose_cfg(
+        tmp_path / "other",
+        ["mode=test", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+         f"dataset.datamodule.annotation_file={renamed}"],
+    )  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint's classes \(20: \['class_00'.* differ from this data's \(20: \['x_class_00'",
+    ):
+        run_pipeline(cfg)
 
 
 def test_a_failing_job_still_finishes_its_wandb_run(tmp_path, monkeypatch):

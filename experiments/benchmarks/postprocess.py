@@ -213,14 +213,14 @@ def time_postprocess_batch(device, repeats, batch=4, steps=2300, classes=20):
         times.append(time.perf_counter() - t0)
     print(
         f"postprocess_batch on {device}, B={batch}, T={steps}, K={classes}: "
-        f"{median_ms(times):.2f} ms (median of {repeats}), kept {[len(r['scores']) for r in res]}"
+        f"{median_ms(times):.2f} ms (median of {repeats}), kept {[len(r.scores) for r in res]}"
     )
     if device.type != "cpu":
         ref = run(torch.device("cpu"))
         same = all(
-            torch.equal(a["labels"], b["labels"])
-            and torch.allclose(a["segments"], b["segments"], atol=1e-5)
-            and torch.allclose(a["scores"], b["scores"], atol=1e-6)
+            np.array_equal(a.labels, b.labels)
+            and np.allclose(a.segments, b.segments, atol=1e-5)
+            and np.allclose(a.scores, b.scores, atol=1e-6)
             for a, b in zip(res, ref)
         )
         print(f"{device} result equals the CPU result: {same}")

@@ -184,11 +184,13 @@ def evaluate_files(
     tiou_thresholds: Sequence[float] = DEFAULT_TIOU,
     ignore_unknown_labels: bool = False,
     diagnose_dir: str | None = None,
-    diagnose_preset: str = "thumos14",
+    diagnose_preset: str | None = None,
+    diagnose_tiou: Sequence[float] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """(result object as printed by ``--json``, notes for the user). With ``diagnose_dir``,
-    DETAD's diagnosis (``metrics/diagnosis.py``, the ``diagnose_preset`` defaults) is
-    written there too."""
+    DETAD's diagnosis (``metrics/diagnosis.py``) is written there too, at
+    ``diagnose_tiou`` (default: the preset's thresholds) with the bins of
+    ``diagnose_preset`` (default: `choose_preset`'s)."""
     with _no_gc():
         return _evaluate_files(
             ground_truth,
@@ -198,6 +200,7 @@ def evaluate_files(
             ignore_unknown_labels,
             diagnose_dir,
             diagnose_preset,
+            diagnose_tiou,
         )
 
 
@@ -208,7 +211,8 @@ def _evaluate_files(
     tiou_thresholds,
     ignore_unknown_labels,
     diagnose_dir=None,
-    diagnose_preset="thumos14",
+    diagnose_preset=None,
+    diagnose_tiou=None,
 ):
     videos, gt_rows, classes, known, durations = _ground_truth(ground_truth, subset)
     # Videos are indexed in the order of their key, so equal scores are broken
@@ -257,7 +261,11 @@ def _evaluate_files(
     if diagnose_dir is not None:
         duration = np.empty(len(videos))
         duration[[video_index[v] for v in videos]] = durations
-        notes.append(_diagnose(pred, gt, duration, diagnose_dir, diagnose_preset, ground_truth))
+        notes.append(
+            _diagnose(
+                pred, gt, duration, diagnose_dir, diagnose_preset, diagnose_tiou, ground_truth
+            )
+        )
     summary = {
         "tiou_thresholds": [float(t) for t in result.tiou_thresholds],
         "mAP": [float(v) for v in result.mAP],
@@ -285,18 +293,61 @@ def _evaluate_files(
     return summary, notes
 
 
-def _diagnose(pred, gt, duration, out_dir: str, preset: str, ground_truth: str) -> str:
-    """DETAD's diagnosis of the instances written to ``out_dir``; the note that says where."""
-    from salad_lightning.metrics.diagnosis import diagnose, write_diagnosis
+# A median ground-truth coverage (length / video duration) above this is ActivityNet-like:
+# THUMOS14's instances cover about 2% of their video, ActivityNet 1.3's about a third.
+COVERAGE_OF_LONG_ACTIONS = 0.1
 
+
+def choose_preset(
+    preset: str | None, tiou: Sequence[float] | None, coverage: np.ndarray
+) -> tuple[str, str]:
+    """(DETAD preset whose bins the diagnosis uses, why): the one named; else the one whose
+    thresholds are ``tiou``; else the one the data looks like: ``activitynet`` when the
+    ground truth's median coverage exceeds `COVERAGE_OF_LONG_ACTIONS`, else ``thumos14``."""
+    if preset is not None:
+        return preset, "named by --diagnose-preset"
+    if tiou is not None:
+        wanted = sorted(float(t) for t in tiou)
+        for name, settings in PRESETS.items():
+            own = settings["tiou_thresholds"]
+            if len(own) == len(wanted) and np.allclose(wanted, own, rtol=0, atol=1e-9):
+                return name, f"--tiou gives {name}'s thresholds"
+    known = coverage[np.isfinite(coverage)]
+    if not len(known):
+        return "thumos14", "no ground truth with a duration to follow"
+    median = float(np.median(known))
+    name = "activitynet" if median > COVERAGE_OF_LONG_ACTIONS else "thumos14"
+    return name, (
+        f"the ground truth's median coverage of its video, {median:.3f}, is "
+        f"{'above' if name == 'activitynet' else 'at most'} {COVERAGE_OF_LONG_ACTIONS}"
+    )
+
+
+def _diagnose(pred, gt, duration, out_dir: str, preset, tiou, ground_truth: str) -> str:
+    """DETAD's diagnosis of the instances written to ``out_dir``; the note that says where,
+    at which thresholds and with which bins."""
+    from salad_lightning.metrics.diagnosis import diagnose
+    from salad_lightning.reporting import write_diagnosis
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coverage = (gt.segments[:, 1] - gt.segments[:, 0]) / duration[gt.video]
+    name, why = choose_preset(preset, tiou, coverage)
+    settings = dict(PRESETS[name])
+    if tiou is not None:
+        settings["tiou_thresholds"] = tuple(float(t) for t in tiou)
     try:
-        diagnosis = diagnose(pred, gt, duration, **PRESETS[preset])
+        diagnosis = diagnose(pred, gt, duration, **settings)
     except ValueError as err:
         raise InputError(f"{ground_truth}: cannot diagnose: {err}") from err
     paths = write_diagnosis(diagnosis, out_dir)
+    bins = "; ".join(
+        f"{k.split('_')[0]} {list(settings[k].edges)}"
+        for k in ("length_bins", "coverage_bins", "instance_bins")
+    )
     return (
-        f"DETAD diagnosis ({preset} defaults, tIoU {[float(t) for t in diagnosis.tiou_thresholds]}): "
-        f"average-mAP_N {100 * diagnosis.average_mAP_N:.2f}; {paths['diagnosis']} and 3 figures"
+        f"DETAD diagnosis at tIoU {[float(t) for t in diagnosis.tiou_thresholds]} with "
+        f"{name}'s bins ({why}: {bins}): average-mAP_N {100 * diagnosis.average_mAP_N:.2f}; "
+        f"{paths['diagnosis']} and 3 figures"
     )
 
 
@@ -338,8 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tiou",
         type=_threshold,
         nargs="+",
-        default=list(DEFAULT_TIOU),
-        help="tIoU thresholds (default: 0.3 0.4 0.5 0.6 0.7; ActivityNet uses 0.5 ... 0.95)",
+        help="tIoU thresholds of the mAP and the diagnosis (default: 0.3 0.4 0.5 0.6 0.7 for "
+        "the mAP, the preset's for the diagnosis; ActivityNet uses 0.5 0.55 ... 0.95)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument(
@@ -350,8 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--diagnose-preset",
         choices=sorted(PRESETS),
-        default="thumos14",
-        help="DETAD's defaults: thresholds and bins (default: thumos14)",
+        help="DETAD's bins (and thresholds, without --tiou); default: the preset whose "
+        "thresholds --tiou gives, else the one the ground truth looks like (activitynet when "
+        "its median coverage of the video exceeds 0.1, else thumos14)",
     )
     parser.add_argument(
         "--ignore-unknown-labels",
@@ -364,10 +416,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.ground_truth,
             args.predictions,
             args.subset,
-            args.tiou,
+            args.tiou or DEFAULT_TIOU,
             args.ignore_unknown_labels,
             args.diagnose,
             args.diagnose_preset,
+            args.tiou,
         )
     except InputError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)

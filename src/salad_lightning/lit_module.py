@@ -1,43 +1,31 @@
-"""The SALAD *system*: wires SaladNet, the criterion, a training-step strategy,
-post-processing and the evaluation metrics.
+"""The SALAD *system*: wires SaladNet, the criterion, a training-step strategy and
+post-processing; evaluation and prediction come from
+:class:`~salad_lightning.detector.DetectorModule`.
 
-The network, the loss, the decoding and the metrics are plain PyTorch / torchmetrics
-(``models/``, ``losses/``, ``metrics/``); how a training batch becomes gradients is a
-strategy of ``training/``, chosen once when the module is built.
+The network, the loss and the decoding are plain PyTorch (``models/``, ``losses/``);
+how a training batch becomes gradients is a strategy of ``training/``, chosen once when
+the module is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
 
 from salad_lightning.data.batch import Batch
+from salad_lightning.data.detections import VideoDetections, VideoGroundTruth
+from salad_lightning.detector import DetectorModule
 from salad_lightning.losses.criterion import SaladCriterion
 from salad_lightning.losses.frozen import FrozenAlpha
-from salad_lightning.metrics.detection_calibration import DetectionCalibrationError
-from salad_lightning.metrics.evaluation import Evaluation
-from salad_lightning.metrics.tad_map import TemporalActionDetectionMAP
 from salad_lightning.models.postprocess import postprocess_batch
-from salad_lightning.training.step import make_training_step
-from salad_lightning.utils.distributed import gather_videos
+from salad_lightning.training import make_training_step
 
 
-def _datamodule_fact(dm: Any, name: str) -> Any:
-    """``dm.<name>``, or None when the datamodule cannot know it (no annotations or no
-    training split, e.g. predicting from features alone: the checkpoint then has it)."""
-    try:
-        return getattr(dm, name, None)
-    except (ValueError, FileNotFoundError, KeyError):
-        return None
-
-
-class SaladLitModule(pl.LightningModule):
+class SaladLitModule(DetectorModule):
     """Training, evaluation and prediction of a :class:`~salad_lightning.models.net.SaladNet`.
 
     Args:
@@ -46,18 +34,19 @@ class SaladLitModule(pl.LightningModule):
             classification-head pre-training epochs.
         optimizer: a partial taking the parameters (Hydra ``_partial_: true``).
         scheduler: optional partial taking the optimiser (stepped once per epoch).
-        max_offset: ``W`` of docs/method.md §2 in feature steps; ``None`` takes the
-            datamodule's (the longest training ground truth, rounded up). Saved in the
-            checkpoint as a buffer, so test and predict use the training value.
+        max_offset: ``W`` of docs/method.md §2 in feature steps: the config's, else the
+            training data's (the longest training ground truth, rounded up), given when
+            the module is built. Saved in the checkpoint as a buffer, so test and predict
+            use the training value.
         cls_pretrain_epochs: epochs that train the classification head alone (§4.2).
         postprocess: keyword arguments of :func:`postprocess_batch` (fusion, NMS, top-k).
-        tiou_thresholds: thresholds of the validation/test mAP.
-        class_names: label names in class-index order; ``None`` takes the datamodule's.
-        calibration_bins: bins of the expected calibration error.
         frozen_alpha_path: ``.npz`` of per-video alpha written by a trained run
             (ablation ``pruning=frozen``).
         compile / cuda_graph / cuda_graph_*: the training-step strategy
-            (:func:`~salad_lightning.training.step.make_training_step`; docs/design.md).
+            (:func:`~salad_lightning.training.make_training_step`; docs/design.md).
+        tiou_thresholds, class_names, calibration_bins, calibration_tiou,
+        extra_tiou_thresholds, ground_truth_only: the evaluation's
+            (:class:`~salad_lightning.detector.DetectorModule`).
     """
 
     def __init__(
@@ -71,8 +60,11 @@ class SaladLitModule(pl.LightningModule):
         cls_pretrain_epochs: int = 0,
         postprocess: dict[str, Any] | None = None,
         tiou_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
-        class_names: Sequence[str | None] | None = None,
+        class_names: Sequence[str] | None = None,
         calibration_bins: int = 15,
+        calibration_tiou: float = 0.5,
+        extra_tiou_thresholds: Sequence[float] = (),
+        ground_truth_only: Mapping[str, Sequence[VideoGroundTruth]] | None = None,
         frozen_alpha_path: str | None = None,
         compile: bool = False,
         cuda_graph: bool = False,
@@ -80,17 +72,23 @@ class SaladLitModule(pl.LightningModule):
         cuda_graph_max_graphs: int = 64,
         cuda_graph_time_bucket: int = 256,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
+        super().__init__(
+            tiou_thresholds=tiou_thresholds,
+            class_names=class_names,
+            calibration_bins=calibration_bins,
+            calibration_tiou=calibration_tiou,
+            extra_tiou_thresholds=extra_tiou_thresholds,
+            ground_truth_only=ground_truth_only,
+        )
+        self.save_hyperparameters(
+            ignore=["net", "loss", "optimizer", "scheduler", "ground_truth_only"], logger=False
+        )
         self.net = net
         self.criterion = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.cls_pretrain_epochs = int(cls_pretrain_epochs)
         self.postprocess_kwargs = dict(postprocess or {})
-        self.tiou_thresholds = tuple(float(t) for t in tiou_thresholds)
-        self.class_names = list(class_names) if class_names is not None else None
-        self.calibration_bins = int(calibration_bins)
         self.training_step_strategy = make_training_step(
             net,
             loss,
@@ -103,29 +101,8 @@ class SaladLitModule(pl.LightningModule):
         )
         self.automatic_optimization = self.training_step_strategy.automatic_optimization
         self.register_buffer("max_offset", torch.tensor(float(max_offset or 0.0)))
-        metrics = MetricCollection(
-            {
-                "map": TemporalActionDetectionMAP(tiou_thresholds=self.tiou_thresholds),
-                "calibration": DetectionCalibrationError(n_bins=self.calibration_bins),
-            },
-            compute_groups=False,
-        )
-        self.val_metrics, self.test_metrics = metrics.clone(), metrics.clone()
-        self.test_detections: list[dict[str, Any]] = []
-        self.evaluation: Evaluation | None = None  # the last epoch's, validation or test
 
     # ------------------------------------------------------------------ set-up
-    def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        if dm is not None and float(self.max_offset) <= 0:
-            offset = _datamodule_fact(dm, "max_offset")
-            if offset is not None:
-                self.max_offset.fill_(float(offset))
-        if dm is not None and self.class_names is None:
-            index = _datamodule_fact(dm, "class_index")
-            if index is not None:
-                self.class_names = list(index.names)
-
     def check_trainer(self, trainer: pl.Trainer) -> None:
         """Refuse, by key, the trainer settings the training strategy cannot take (before
         ``fit``: Lightning's own checks would otherwise answer first, without the key)."""
@@ -142,15 +119,10 @@ class SaladLitModule(pl.LightningModule):
     on_fit_start = on_validation_start = on_test_start = on_predict_start = _require_max_offset
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["class_names"] = self.class_names
         # the network's settings: test, predict and export rebuild it from these
         checkpoint["net_config"] = dict(getattr(self.net, "config", {}))
         # the matching settings a later `mode=export_alpha` must reuse
         checkpoint["matching"] = {"mu": self.criterion.mu}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if checkpoint.get("class_names"):
-            self.class_names = list(checkpoint["class_names"])
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
@@ -187,9 +159,10 @@ class SaladLitModule(pl.LightningModule):
     # ---------------------------------------------------------------- training
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         cls_only = self.current_epoch < self.cls_pretrain_epochs
+        written = self._logs_written(self.global_step)  # before a manual optimiser step
         logs = self.training_step_strategy.step(self, batch, cls_only)
         loss = logs["train/loss"]
-        if self._logging_step():
+        if written:
             # tensors go as they are: read back only when a line is written
             logs = {k: v.detach() for k, v in logs.items()}
             self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch.size)
@@ -203,20 +176,23 @@ class SaladLitModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.training_step_strategy.on_train_epoch_end(self)
 
-    def _logging_step(self) -> bool:
-        """Whether Lightning writes this step's logs (every ``log_every_n_steps``).
+    def _logs_written(self, step: int) -> bool:
+        """Whether Lightning writes the logs of the step that starts after ``step``
+        optimiser steps (every ``trainer.log_every_n_steps``: at the start of a batch the
+        optimiser steps taken are the batches Lightning counts for its loggers).
 
         ``self.log`` costs ~0.7 ms of host time per key even on steps whose values
         Lightning then drops; on an ActivityNet-sized step (~11 ms of GPU work) that
         was a third of the step, so the keys are logged only when they are written.
         """
-        connector = getattr(self.trainer, "_logger_connector", None)
-        return bool(getattr(connector, "should_update_logs", True))
+        every = self.trainer.log_every_n_steps
+        return bool(every) and ((step + 1) % every == 0 or self.trainer.should_stop)
 
     # -------------------------------------------------------------- evaluation
-    def _predict_batch(self, batch: Batch) -> list[dict[str, Any]]:
+    def detect(self, batch: Batch) -> list[VideoDetections]:
+        """Each video's detections: proposals, score fusion, NMS (docs/method.md §5)."""
         out, segments = self.net.proposals(batch.features, batch.lengths_host, self.max_offset)
-        preds = postprocess_batch(
+        return postprocess_batch(
             segments=segments,
             score_logits=out.score_logits,
             cls_logits=out.cls_logits,
@@ -224,73 +200,6 @@ class SaladLitModule(pl.LightningModule):
             scale=batch.scale,
             offset=batch.offset,
             duration=batch.duration,
+            video_ids=[m["video_id"] for m in batch.meta],
             **self.postprocess_kwargs,
         )
-        for p, m in zip(preds, batch.meta):
-            p["video_id"] = m["video_id"]
-        return preds
-
-    @staticmethod
-    def _targets(batch: Batch) -> list[dict[str, Any]]:
-        """The whole videos' ground truth as published (what the evaluator reads)."""
-        return [
-            {
-                "video_id": m["video_id"],
-                "segments": np.asarray(m["gt_segments_sec"], dtype=np.float64).reshape(-1, 2),
-                "labels": np.asarray(m["gt_labels"], dtype=np.int64).reshape(-1),
-            }
-            for m in batch.meta
-        ]
-
-    def _evaluate_batch(self, batch: Batch, metrics: MetricCollection) -> list[dict[str, Any]]:
-        preds, targets = self._predict_batch(batch), self._targets(batch)
-        metrics.update(preds, targets)
-        return [
-            {**p, "gt": t, "duration": m["duration"]} for p, t, m in zip(preds, targets, batch.meta)
-        ]
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate_batch(batch, self.val_metrics)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self.test_detections.extend(self._evaluate_batch(batch, self.test_metrics))
-
-    def on_test_epoch_start(self) -> None:
-        self.test_detections = []
-
-    def _finish_evaluation(self, split: str, metrics: MetricCollection) -> Evaluation:
-        # Videos without features still count, as in the official evaluator run on the
-        # published file: their ground truth enters the metrics with no prediction.
-        dm = getattr(self.trainer, "datamodule", None)
-        unloaded = dm.unloaded_targets(split) if hasattr(dm, "unloaded_targets") else []
-        if unloaded:
-            empty = {"segments": np.zeros((0, 2)), "scores": np.zeros(0), "labels": np.zeros(0)}
-            metrics.update([{"video_id": t["video_id"], **empty} for t in unloaded], unloaded)
-        values = metrics.compute()
-        metrics.reset()
-        detections = gather_videos(self.test_detections) if split == "test" else []
-        result = Evaluation.from_metrics(
-            split,
-            values,
-            self.tiou_thresholds,
-            n_bins=self.calibration_bins,
-            detections=detections,
-        )
-        # the metrics are already reduced across processes: every rank logs the same value
-        self.log_dict({k: torch.tensor(v) for k, v in result.logs().items()}, sync_dist=False)
-        if split == "val":
-            self.log("val_mAP", torch.tensor(result.average_map), prog_bar=True, logger=False)
-        self.evaluation = result
-        return result
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            self.val_metrics.reset()
-            return
-        self._finish_evaluation("val", self.val_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        self._finish_evaluation("test", self.test_metrics)
-
-    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
-        return self._predict_batch(batch)

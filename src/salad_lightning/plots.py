@@ -9,20 +9,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from salad_lightning.metrics.calibration import (
     expected_calibration_error,
     reliability_diagram_data,
-    true_positive_flags,
 )
 from salad_lightning.metrics.diagnosis import ERROR_TYPES
-from salad_lightning.metrics.functional import Instances, evaluate_detections
+from salad_lightning.metrics.functional import Instances, average_precision
 
 if TYPE_CHECKING:
+    from salad_lightning.data.detections import VideoDetections, VideoGroundTruth
     from salad_lightning.metrics.diagnosis import Diagnosis
+    from salad_lightning.metrics.evaluation import Evaluation
 
 __all__ = [
     "choose_timelines",
@@ -31,7 +32,6 @@ __all__ = [
     "plot_reliability",
     "plot_sensitivity_analysis",
     "plot_timeline",
-    "video_ap",
     "video_aps",
     "write_plots",
 ]
@@ -59,21 +59,6 @@ def _save(fig, path: Path, dpi: int = 100) -> None:
     _pyplot().close(fig)
 
 
-def _rows(out: dict[str, Any]) -> tuple[np.ndarray, ...]:
-    """(segments, scores, labels, gt segments, gt labels) of one video's output as numpy."""
-
-    def arr(x, dtype):
-        return np.asarray(x.cpu() if hasattr(x, "cpu") else x, dtype=dtype)
-
-    return (
-        arr(out["segments"], float).reshape(-1, 2),
-        arr(out["scores"], float).reshape(-1),
-        arr(out["labels"], int).reshape(-1),
-        arr(out["gt"]["segments"], float).reshape(-1, 2),
-        arr(out["gt"]["labels"], int).reshape(-1),
-    )
-
-
 def _thresholds(values: Sequence[float]) -> str:
     """``0.5`` or ``0.3, 0.5`` or ``0.5:0.05:0.95`` (evenly spaced, more than three)."""
     t = [float(v) for v in values]
@@ -90,45 +75,36 @@ def _name(class_names: Sequence[str], c: int) -> str:
 # --- run plots ---------------------------------------------------------------------
 
 
-def video_aps(outputs: Sequence[dict[str, Any]], tiou: float = 0.5) -> np.ndarray:
-    """AP at ``tiou`` of each video: the mean over the classes of its ground truth (NaN if none).
-
-    One call of the evaluator, with each (video, class) pair as a class of its own.
-    """
-    rows = [_rows(o) for o in outputs]
-    if not rows:
-        return np.zeros(0)
-    n_cls = 1 + max(int(max(r[2].max(initial=0), r[4].max(initial=0))) for r in rows)
-    segs, scores, labels, gt_segs, gt_labels = (np.concatenate(x) for x in zip(*rows))
-    pv = np.repeat(np.arange(len(rows)), [len(r[1]) for r in rows])
-    gv = np.repeat(np.arange(len(rows)), [len(r[4]) for r in rows])
-    result = evaluate_detections(
-        Instances(pv, segs, pv * n_cls + labels, scores),
-        Instances(gv, gt_segs, gv * n_cls + gt_labels),
-        [tiou],
+def video_aps(evaluation: Evaluation, tiou: float = 0.5) -> np.ndarray:
+    """AP at ``tiou`` of each video of ``evaluation`` (in its order): the mean over the
+    classes of the video's ground truth (NaN if none). The evaluation's matching with each
+    (video, class) pair as a class of its own: nothing is matched again."""
+    n_cls = 1 + int(max(evaluation.pred.labels.max(initial=0), evaluation.gt.labels.max(initial=0)))
+    pred, gt = evaluation.pred, evaluation.gt
+    result = average_precision(
+        Instances(pred.video, pred.segments, pred.video * n_cls + pred.labels, pred.scores),
+        Instances(gt.video, gt.segments, gt.video * n_cls + gt.labels),
+        evaluation.matching.at([tiou]),
     )
+    n = len(evaluation.video_ids)
     owner = result.labels // n_cls
-    total = np.bincount(owner, weights=result.ap[:, 0], minlength=len(rows))
+    total = np.bincount(owner, weights=result.ap[:, 0], minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return total / np.bincount(owner, minlength=len(rows))
+        return total / np.bincount(owner, minlength=n)
 
 
-def video_ap(out: dict[str, Any], tiou: float = 0.5) -> float:
-    """AP of one video at ``tiou`` (see `video_aps`)."""
-    return float(video_aps([out], tiou)[0])
-
-
-def choose_timelines(outputs: Sequence[dict[str, Any]], num: int) -> list[tuple[int, str]]:
-    """(index, caption) of the videos worth drawing: best, median and worst by `video_ap`.
+def choose_timelines(evaluation: Evaluation, num: int) -> list[tuple[int, str]]:
+    """(index, caption) of the videos worth drawing: best, median and worst by `video_aps`.
 
     Videos with ground truth, ranked by AP (more ground truths first on ties, then the
     video id); ``num`` of them spread evenly over that ranking, the median among them
     from three on (one: the median; two: best and worst).
     """
-    aps = video_aps(outputs)
+    aps = video_aps(evaluation)
+    n_gt = np.bincount(evaluation.gt.video, minlength=len(evaluation.video_ids))
     ranked = sorted(
         (i for i, ap in enumerate(aps) if not math.isnan(ap)),
-        key=lambda i: (-aps[i], -len(outputs[i]["gt"]["labels"]), str(outputs[i]["video_id"])),
+        key=lambda i: (-aps[i], -n_gt[i], evaluation.video_ids[i]),
     )
     n, k = len(ranked), min(int(num), len(ranked))
     if k <= 0:
@@ -145,10 +121,13 @@ def choose_timelines(outputs: Sequence[dict[str, Any]], num: int) -> list[tuple[
 
 
 def plot_timeline(
-    out: dict[str, Any],
+    video: VideoDetections,
+    truth: VideoGroundTruth,
     class_names: Sequence[str],
     path: Path,
     *,
+    true_positive: np.ndarray,
+    ap: float | None = None,
     caption: str = "",
     tiou: float = 0.5,
     min_detections: int = 30,
@@ -156,15 +135,22 @@ def plot_timeline(
 ) -> None:
     """Ground truth (shaded spans) and the top detections drawn at the height of their score.
 
-    Detections: blue when a true positive at ``tiou`` (official matching), red when a
-    false positive of a class of the video's ground truth, grey when of another class.
-    All are opaque, so low scores stay visible. The top ``max(min_detections, 3 *
-    ground truths)`` by score are drawn; long videos wrap over rows of about
-    ``instances_per_row`` ground truths.
+    Detections: blue when a true positive at ``tiou`` (``true_positive``, from the
+    evaluation's matching), red when a false positive of a class of the video's ground
+    truth, grey when of another class. All are opaque, so low scores stay visible. The
+    top ``max(min_detections, 3 * ground truths)`` by score are drawn; long videos wrap
+    over rows of about ``instances_per_row`` ground truths. ``ap``: the video's AP at
+    ``tiou``, in the title.
     """
     plt = _pyplot()
-    segs, scores, labels, gt_segs, gt_labels = _rows(out)
-    tp = true_positive_flags(segs, scores, labels, gt_segs, gt_labels, tiou=tiou)
+    segs, scores, labels = video.segments, video.scores, video.labels
+    gt_segs, gt_labels = truth.segments, truth.labels
+    tp = np.asarray(true_positive, dtype=bool).reshape(-1)
+    if len(tp) != len(scores):
+        raise ValueError(
+            f"plot_timeline: {len(scores)} detections of video {video.video_id!r} but "
+            f"{len(tp)} true-positive flags"
+        )
     shown = np.argsort(-scores, kind="stable")[: max(min_detections, 3 * len(gt_labels))]
     gt_classes = sorted(set(gt_labels.tolist()))
     own = np.isin(labels, gt_classes)
@@ -200,9 +186,9 @@ def plot_timeline(
     ]  # fmt: skip
     axes[0, 0].legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3,
                       fontsize=8, frameon=False)  # fmt: skip
-    ap = video_ap(out, tiou)
+    title = f"{video.video_id}" + ("" if ap is None else f": AP@{tiou:g} {100 * ap:.1f}%")
     fig.suptitle(
-        f"{out['video_id']}: AP@{tiou:g} {100 * ap:.1f}%"
+        title
         + (f" ({caption})" if caption else "")
         + f"\n{int(tp[shown].sum())} true / {int((~tp[shown]).sum())} false positives among the"
         f" top {len(shown)} of {len(scores)} detections; {len(gt_labels)} ground truths",
@@ -254,30 +240,36 @@ def plot_reliability(
 
 
 def write_plots(
-    outputs: Sequence[dict[str, Any]],
+    evaluation: Evaluation,
     class_names: Sequence[str],
-    confidences: np.ndarray | None,
-    correct: np.ndarray | None,
     out_dir: Path,
     *,
     num_timelines: int = 4,
-    n_bins: int = 15,
+    tiou: float = 0.5,
 ) -> dict[str, Path]:
-    """Timelines of the best, median and worst test videos, and the reliability diagram.
+    """Timelines of the best, median and worst videos of ``evaluation`` and the
+    reliability diagram of its scores, all from its matching.
 
     Returns key -> PNG path (``timeline/<video_id>``, ``calibration/reliability``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images: dict[str, Path] = {}
-    for i, caption in choose_timelines(outputs, num_timelines):
-        video_id = outputs[i]["video_id"]
-        path = out_dir / f"timeline_{video_id}.png"
-        plot_timeline(outputs[i], class_names, path, caption=caption)
-        images[f"timeline/{video_id}"] = path
-    if confidences is not None and len(confidences):
+    chosen = choose_timelines(evaluation, num_timelines)
+    if chosen:
+        videos, truths = evaluation.videos(), evaluation.ground_truth()
+        aps = video_aps(evaluation, tiou)
+        row = evaluation.matching.at([tiou])
+        for i, caption in chosen:
+            video = videos[i]
+            flags = row.tp[0][evaluation.pred.video == i]
+            path = out_dir / f"timeline_{video.video_id}.png"
+            plot_timeline(video, truths[i], class_names, path, true_positive=flags,
+                          ap=float(aps[i]), caption=caption, tiou=tiou)  # fmt: skip
+            images[f"timeline/{video.video_id}"] = path
+    if evaluation.num_detections:
         path = out_dir / "reliability.png"
-        plot_reliability(confidences, correct, path, n_bins=n_bins)
+        plot_reliability(evaluation.confidences, evaluation.correct, path, n_bins=evaluation.n_bins)
         images["calibration/reliability"] = path
     return images
 

@@ -1,14 +1,32 @@
-"""What a run leaves for its user: metrics summary, results JSON, tables and plots."""
+"""What a run leaves for its user, written from one typed evaluation result.
+
+`write_report` is the one writer: from an `Evaluation` (the evaluation store's result,
+matched once) it writes ``results.json``, ``per_class_ap.md``, the plots, DETAD's
+diagnosis and the loggers' tables and figures, and returns the summary that becomes
+``metrics.json``. The Lightning callback that calls it after a test or predict epoch is
+`salad_lightning.report_writer.ReportWriter`. The functions here are usable on their own
+(the evaluation command writes its diagnosis with `write_diagnosis`), and import neither
+torch nor Lightning. Nothing below this layer draws or writes a report file.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from salad_lightning import plots
+from salad_lightning.data.detections import VideoDetections
+from salad_lightning.metrics.diagnosis import Diagnosis, diagnose
 from salad_lightning.metrics.evaluation import Evaluation
+from salad_lightning.utils.io import atomic_write_json, atomic_write_text
+from salad_lightning.utils.loggers import log_images, log_metrics, log_per_class_table
+
+log = logging.getLogger(__name__)
 
 
 def summarise(evaluation: Evaluation, class_names: Sequence[str | None]) -> dict[str, Any]:
@@ -69,20 +87,21 @@ def per_class_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def results_json(outputs: Sequence[dict[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
+def results_json(
+    videos: Sequence[VideoDetections], class_names: Sequence[str | None]
+) -> dict[str, Any]:
     """ActivityNet submission format (docs/method.md §1), readable by the official evaluator."""
     results: dict[str, list[dict[str, Any]]] = {}
-    for out in outputs:
-        segs = np.asarray(out["segments"], dtype=float).reshape(-1, 2)
-        scores = np.asarray(out["scores"], dtype=float).reshape(-1)
-        labels = np.asarray(out["labels"], dtype=int).reshape(-1)
+    for video in videos:
         # Full precision (float's shortest round-trip repr): rounding made ties that the
         # run's own metric did not see, so the command's mAP differed from the run's.
         # Detections of a class the annotation file never names cannot be written; they
         # are false positives of a class outside the mean, so the mAP is unchanged.
-        results[str(out["video_id"])] = [
-            {"label": name, "score": float(s), "segment": [float(a), float(b)]}
-            for (a, b), s, lab in zip(segs, scores, labels)
+        results[video.video_id] = [
+            {"label": name, "score": s, "segment": [a, b]}
+            for (a, b), s, lab in zip(
+                video.segments.tolist(), video.scores.tolist(), video.labels.tolist()
+            )
             if (name := _class_name(class_names, lab)) is not None
         ]
     return {"version": "salad-lightning", "results": results, "external_data": {}}
@@ -100,3 +119,114 @@ def diagnosis_scalars(diagnosis, split: str) -> dict[str, float]:
         for name, bins in doc[part].items():
             out.update({f"{split}/diagnosis/{part}/{name}/{b}": v for b, v in bins.items()})
     return {k: math.nan if v is None else float(v) for k, v in out.items()}
+
+
+def write_diagnosis(diagnosis: Diagnosis, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``diagnosis.json`` (atomically) and DETAD's three figures; returns name -> path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"diagnosis": atomic_write_json(out_dir / "diagnosis.json", diagnosis.to_json())}
+    for name, draw in [
+        ("false_positive_analysis", plots.plot_false_positive_analysis),
+        ("sensitivity_analysis", plots.plot_sensitivity_analysis),
+        ("false_negative_analysis", plots.plot_false_negative_analysis),
+    ]:
+        paths[name] = out_dir / f"{name}.png"
+        draw(diagnosis, paths[name])
+    return paths
+
+
+def diagnose_evaluation(evaluation: Evaluation, **options: Any) -> Diagnosis | None:
+    """DETAD's diagnosis of an evaluation, on its matching (`diagnose`; ``options``: a
+    preset's thresholds and bins). None when DETAD's drops (zero length, longer than the
+    video) leave no ground truth to diagnose; a video with ground truth and no positive
+    duration is an error naming it."""
+    gt = evaluation.gt
+    bad = [
+        evaluation.video_ids[v]
+        for v in np.unique(gt.video)
+        if not (evaluation.durations[v] > 0 and np.isfinite(evaluation.durations[v]))
+    ]
+    if bad:
+        raise ValueError(
+            f"the diagnosis needs each video's duration: none (or not positive) for "
+            f"{len(bad)} videos with ground truth, e.g. {bad[:3]}"
+        )
+    length = gt.segments[:, 1] - gt.segments[:, 0]
+    coverage = length / evaluation.durations[gt.video]
+    if not np.any((length > 0) & (coverage <= 1)):
+        return None
+    return diagnose(
+        evaluation.pred, evaluation.gt, evaluation.durations, matching=evaluation.matching,
+        **options,
+    )  # fmt: skip
+
+
+def write_report(
+    evaluation: Evaluation,
+    class_names: Sequence[str | None],
+    out_dir: str | Path,
+    *,
+    diagnosis: Mapping[str, Any] | None = None,
+    num_timelines: int = 4,
+    loggers: Sequence[Any] = (),
+    step: int = 0,
+    min_score: float | None = None,
+) -> dict[str, Any]:
+    """Write the report of ``evaluation`` into ``out_dir``; returns its summary
+    (``metrics.json``'s content).
+
+    ``results.json`` (full precision, readable by the official evaluator),
+    ``per_class_ap.md``, ``plots/`` (timelines, reliability), ``diagnosis/`` (DETAD's,
+    with ``diagnosis`` = `diagnose`'s thresholds and bins; None: none), the loggers'
+    images, per-class table and diagnosis scalars (at ``step``); the mAP table goes to
+    the console and ``run.log``. ``min_score``: the post-processing's score floor, named
+    when nothing was detected.
+    """
+    out_dir = Path(out_dir)
+    summary = summarise(evaluation, class_names)
+    _say_if_nothing_was_detected(evaluation, min_score)
+    atomic_write_json(out_dir / "results.json", results_json(evaluation.videos(), class_names))
+    atomic_write_text(out_dir / "per_class_ap.md", per_class_markdown(summary))
+    names = [n if n is not None else str(i) for i, n in enumerate(class_names)]
+    images = plots.write_plots(evaluation, names, out_dir / "plots", num_timelines=num_timelines)
+    found = _diagnose(evaluation, diagnosis)
+    if found is not None:
+        paths = write_diagnosis(found, out_dir / "diagnosis")
+        images.update({f"diagnosis/{k}": p for k, p in paths.items() if k != "diagnosis"})
+        log_metrics(list(loggers), diagnosis_scalars(found, evaluation.split), step=step)
+    log_images(list(loggers), images)
+    log_per_class_table(list(loggers), f"{evaluation.split}/per_class_ap", summary)
+    log.info("%s\nrun folder: %s", map_table(summary), out_dir.resolve())
+    return summary
+
+
+def _diagnose(evaluation: Evaluation, options: Mapping[str, Any] | None) -> Diagnosis | None:
+    if options is None:
+        return None
+    try:  # secondary to the mAP: a video it cannot take (no duration) warns, not fails
+        found = diagnose_evaluation(evaluation, **options)
+    except ValueError as err:
+        log.warning("diagnosis skipped: %s", err)
+        return None
+    if found is None:
+        log.info(
+            "diagnosis: no ground truth of positive length within its video in the split; skipped"
+        )
+    return found
+
+
+def _say_if_nothing_was_detected(evaluation: Evaluation, min_score: float | None) -> None:
+    """A run with no detection at all gets an mAP of 0 and says why: every proposal of
+    every video scored under ``postprocess.min_score`` (a self-assessment head that
+    collapsed to 0, as the ``score_gt_half`` target can), or NMS kept nothing."""
+    if not evaluation.video_ids or evaluation.num_detections:
+        return
+    known = evaluation.best_scores[np.isfinite(evaluation.best_scores)]
+    best = float(known.max()) if len(known) else float("-inf")
+    log.warning(
+        "no detection on the %s split (%d videos): the highest score of any proposal, "
+        "before NMS, was %.3g; postprocess.min_score is %s. The self-assessment head "
+        "scores every step near 0 (experiments/README.md, runs with no detection)",
+        evaluation.split, len(evaluation.video_ids), best, min_score,
+    )  # fmt: skip

@@ -1,16 +1,21 @@
-"""One run's objects, built from the composed config: data, model, trainer, loggers.
+"""One run's objects, built from the composed config: data, model, trainer, loggers and
+the report writer.
 
 What every mode of :mod:`salad_lightning.pipeline` shares: seeding, the run folder, the
 network taken from a checkpoint's saved settings, resuming a run in its own folder, the
-pre-flight of the data, and loggers that are closed however the run ends.
+pre-flight of the data, the model built with what the data says (its class names, the
+longest training ground truth, the videos without features), and loggers that are
+closed however the run ends.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from salad_lightning.config import last_checkpoint  # (importing it registers the resolvers)
+from salad_lightning.metrics.diagnosis import Bins
+from salad_lightning.report_writer import ReportWriter
 from salad_lightning.utils.instantiate import build, build_list
 from salad_lightning.utils.io import atomic_write_json, atomic_write_text
 from salad_lightning.utils.loggers import closing_loggers, override_key
@@ -146,9 +153,50 @@ def keep_csv_rows_before(csv_dir: Path, step: int) -> None:
         writer.writerows(kept)
 
 
-def prepare(cfg: DictConfig, ckpt: str | None = None) -> tuple[Any, Any, Path]:
-    """Seed, generate data if the dataset asks for it, build the datamodule and the model
-    (the checkpoint's network when there is one), write ``config_resolved.yaml``."""
+class _DropLightningTips(logging.Filter):
+    """Lightning's advertisement for another logging service on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_known_notices() -> None:
+    """Silence Lightning's notices that say nothing about this run (called where a run
+    starts, not at import): the module's own batch transfer wins over the datamodule's
+    on purpose (only tensors travel, lit_module.py); the pytree note is Lightning's own;
+    the evaluation stores are reduced across processes by torchmetrics, so logging them
+    without sync_dist is intended; test, validate and predict build no checkpoint
+    callbacks (`make_trainer`), so Lightning's request for them is moot there."""
+    for message in (
+        ".*overridden `transfer_batch_to_device`.*",
+        ".*isinstance\\(treespec, LeafSpec\\)",
+        ".*It is recommended to use `self.log\\(.*sync_dist=True",
+        ".*callbacks used to create the checkpoint need to be",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+    tips = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _DropLightningTips) for f in tips.filters):
+        tips.addFilter(_DropLightningTips())
+
+
+def diagnosis_options(node: Any) -> dict[str, Any] | None:
+    """DETAD's settings of the config's ``diagnosis`` node as `diagnose`'s keywords;
+    None when turned off or absent."""
+    if node is None or not node.get("enabled", True):
+        return None
+    return {
+        "tiou_thresholds": tuple(float(t) for t in node.tiou_thresholds),
+        **{k: Bins(**node[k]) for k in ("length_bins", "coverage_bins", "instance_bins")},
+    }
+
+
+def prepare(
+    cfg: DictConfig, ckpt: str | None = None, stages: Sequence[str] = ()
+) -> tuple[Any, Any, Path]:
+    """Seed, generate data if the dataset asks for it, build the datamodule, check the
+    files of ``stages`` (the pre-flight), build the model with what the data says (the
+    checkpoint's network when there is one), write ``config_resolved.yaml``."""
+    quiet_known_notices()
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
@@ -157,9 +205,29 @@ def prepare(cfg: DictConfig, ckpt: str | None = None) -> tuple[Any, Any, Path]:
     if ckpt is not None:
         net_from_checkpoint(cfg, ckpt)
     datamodule, out_dir = build_data(cfg)
-    model = build(cfg.model)
+    if stages:
+        preflight(datamodule, stages, out_dir)
+    model = build_model(cfg, datamodule, stages)
     atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     return datamodule, model, out_dir
+
+
+def build_model(cfg: DictConfig, datamodule: Any, stages: Sequence[str] = ()) -> Any:
+    """``cfg.model`` built with the facts of its data (`SaladDataModule.facts`): the class
+    names, the videos without features of the evaluated splits, ``max_offset`` when the
+    config leaves it null and the run fits, and the diagnosis' thresholds for the stores
+    to match at."""
+    facts = datamodule.facts(stages)
+    given: dict[str, Any] = {
+        "class_names": list(facts.class_names) if facts.class_names is not None else None,
+        "ground_truth_only": facts.ground_truth_only,
+    }
+    if "max_offset" in cfg.model and cfg.model.max_offset is None and facts.max_offset:
+        given["max_offset"] = facts.max_offset
+    diagnosis = diagnosis_options(cfg.get("diagnosis"))
+    if diagnosis is not None:
+        given["extra_tiou_thresholds"] = diagnosis["tiou_thresholds"]
+    return build(cfg.model, **given)
 
 
 def build_data(cfg: DictConfig) -> tuple[Any, Path]:
@@ -172,10 +240,13 @@ def build_data(cfg: DictConfig) -> tuple[Any, Path]:
     return build(cfg.dataset.datamodule), out_dir
 
 
-def make_trainer(cfg: DictConfig, *, fitting: bool) -> tuple[pl.Trainer, list[Any]]:
-    """The trainer and its loggers; checkpoint callbacks only when fitting."""
+def make_trainer(
+    cfg: DictConfig, *, fitting: bool, callbacks: Sequence[Any] = ()
+) -> tuple[pl.Trainer, list[Any]]:
+    """The trainer and its loggers; the config's callbacks (checkpoints) only when
+    fitting, ``callbacks`` always."""
     loggers = build_list(cfg.get("logger"))
-    callbacks = build_list(cfg.get("callbacks")) if fitting else []
+    callbacks = [*(build_list(cfg.get("callbacks")) if fitting else []), *callbacks]
     extra = {} if fitting else {"enable_checkpointing": False}
     trainer = build(cfg.trainer, logger=loggers or False, callbacks=callbacks, **extra)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -184,16 +255,40 @@ def make_trainer(cfg: DictConfig, *, fitting: bool) -> tuple[pl.Trainer, list[An
     return trainer, loggers
 
 
+@dataclass
+class Run:
+    """The objects of one run (:func:`session`)."""
+
+    datamodule: Any
+    model: Any
+    trainer: pl.Trainer
+    loggers: list[Any]
+    writer: ReportWriter
+    out_dir: Path
+
+
 @contextmanager
 def session(
-    cfg: DictConfig, *, ckpt: str | None = None, fitting: bool = False
-) -> Iterator[tuple[Any, Any, pl.Trainer, list[Any], Path]]:
-    """Datamodule, model, trainer and loggers of one run; loggers closed however it ends."""
-    datamodule, model, out_dir = prepare(cfg, ckpt)
+    cfg: DictConfig,
+    *,
+    ckpt: str | None = None,
+    stages: Sequence[str] = (),
+    fitting: bool = False,
+) -> Iterator[Run]:
+    """Datamodule, model, trainer, loggers and report writer of one run, its data checked
+    for ``stages``; loggers closed however it ends."""
+    datamodule, model, out_dir = prepare(cfg, ckpt, stages)
     log.info("run folder: %s", out_dir.resolve())
-    trainer, loggers = make_trainer(cfg, fitting=fitting)
+    writer = ReportWriter(
+        out_dir,
+        diagnosis=diagnosis_options(cfg.get("diagnosis")),
+        num_timelines=int(cfg.get("num_timeline_plots", 4)),
+        predict_path=cfg.get("predict_output"),
+        min_score=cfg.get("postprocess", {}).get("min_score"),
+    )
+    trainer, loggers = make_trainer(cfg, fitting=fitting, callbacks=[writer])
     with closing_loggers(loggers):
-        yield datamodule, model, trainer, loggers, out_dir
+        yield Run(datamodule, model, trainer, loggers, writer, out_dir)
 
 
 def preflight(datamodule: Any, stages: list[str], out_dir: Path) -> dict[str, Any]:

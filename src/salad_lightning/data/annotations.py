@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from salad_lightning.data.detections import VideoGroundTruth
+
 
 class DataWarning(UserWarning):
     """Input problems the data layer repairs or tolerates (skipped files, odd lengths)."""
@@ -147,6 +149,10 @@ class VideoRecord:
     @property
     def num_segments(self) -> int:
         return len(self.labels)
+
+    def ground_truth(self) -> VideoGroundTruth:
+        """The annotations as published, what the evaluator reads (not the training targets)."""
+        return VideoGroundTruth(self.video_id, self.raw_segments, self.raw_labels, self.duration)
 
 
 @dataclass(eq=False)

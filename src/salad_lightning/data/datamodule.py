@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from salad_lightning.data.dataset import (
     max_gt_steps,
     video_mapping,
 )
+from salad_lightning.data.detections import VideoGroundTruth
 from salad_lightning.data.features import FeatureSource
 from salad_lightning.data.preflight import FileProblem, check_split
 from salad_lightning.data.report import SplitData, build_report, summary_line
@@ -41,6 +43,15 @@ from salad_lightning.data.sampler import BucketBatchSampler
 log = logging.getLogger(__name__)
 PREFLIGHT_MODES = ("full", "headers")
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What a model is built with from its data (:meth:`SaladDataModule.facts`)."""
+
+    class_names: tuple[str, ...] | None  # None: the data does not name its classes
+    max_offset: int | None  # the longest training ground truth in steps (fitting only)
+    ground_truth_only: dict[str, tuple[VideoGroundTruth, ...]]  # per split: no features
 
 
 def holdout_split(
@@ -310,24 +321,43 @@ class SaladDataModule(pl.LightningDataModule):
                 del self.datasets[name]
         return report, problems
 
-    def unloaded_targets(self, split: str) -> list[dict[str, Any]]:
+    def ground_truth_without_features(self, split: str) -> list[VideoGroundTruth]:
         """Ground truth of the split's videos that have no feature file (skipped with
         ``skip_missing``). The official evaluator counts them (positives that nothing
-        detects), so the run's metric takes them too, with no prediction."""
+        detects), so a run's evaluation store takes them too, with no detection."""
         if split not in self.datasets:
             return []
         ds = self.datasets[split]
         gone = set(ds.missing)
-        return [
-            {
-                "video_id": v.video_id,
-                "segments": v.raw_segments,
-                "labels": v.raw_labels,
-                "duration": v.duration,
-            }
-            for v in ds.records
-            if v.video_id in gone
-        ]
+        return [v.ground_truth() for v in ds.records if v.video_id in gone]
+
+    @property
+    def has_annotations(self) -> bool:
+        """Whether the annotation file is there to read (``predict`` runs without one)."""
+        path = self.hparams.annotation_file
+        return path is not None and Path(path).is_file()
+
+    def facts(self, stages: Sequence[str]) -> DataFacts:
+        """What a model is built with from this data, for the given stages (``fit``,
+        ``validate``, ``test``, ``predict``): the class names when the data names them
+        (an annotation file or a class index file), the longest training ground truth in
+        steps when fitting, and the evaluated splits' videos without features. Builds the
+        stages' datasets (as ``setup`` does: idempotent)."""
+        for stage in stages:
+            self.setup(stage)
+        names = None
+        if self.has_annotations or self.hparams.class_index_file is not None:
+            names = tuple(self.class_index.names)
+        return DataFacts(
+            class_names=names,
+            max_offset=self.max_offset if "fit" in stages else None,
+            ground_truth_only={
+                split: tuple(self.ground_truth_without_features(split))
+                for stage in stages
+                for split in STAGE_SPLITS.get(stage, ())
+                if split != "train"
+            },
+        )
 
     def _predict_records(self) -> tuple[list[VideoRecord], FeatureSource]:
         h, src = self.hparams, self.source
@@ -432,17 +462,3 @@ class SaladDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", training=False)
-
-    # -- checkpoints keep the class names, so predictions map back to them --------
-    def state_dict(self) -> dict[str, Any]:
-        return {"class_names": list(self.class_index.names)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = ClassIndex(tuple(state_dict["class_names"]))
-        if self._class_index is not None and self._class_index != saved:
-            raise ValueError(
-                f"the checkpoint's class index ({len(saved)} classes: {list(saved.names)[:5]}...) "
-                f"differs from this data's ({len(self._class_index)} classes: "
-                f"{list(self._class_index.names)[:5]}...)"
-            )
-        self._class_index = saved

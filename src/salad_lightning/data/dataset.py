@@ -7,7 +7,8 @@ A sample is a dict:
 - ``gt_labels`` (N,) int64 tensor,
 - ``mapping``: the :class:`TimeMapping` of this sequence (crop included),
 - ``meta``: ``video_id``, ``duration``, ``fps``, ``crop_start``, ``gt_index`` and the
-  whole video's ``gt_segments_sec`` / ``gt_labels`` (numpy).
+  whole video's ``ground_truth`` as published
+  (:class:`~salad_lightning.data.detections.VideoGroundTruth`).
 
 :func:`collate_videos` turns a list of samples into a :class:`Batch`.
 """
@@ -312,9 +313,8 @@ class TADDataset(Dataset):
                 "fps": video.fps if video.fps is not None else self.default_fps,
                 "crop_start": int(start),
                 "gt_index": keep.astype(np.int64),
-                # what the evaluator reads: the annotations as published (raw)
-                "gt_segments_sec": video.raw_segments,
-                "gt_labels": video.raw_labels,
+                # what the evaluator reads: the annotations as published
+                "ground_truth": video.ground_truth(),
             },
         }
 

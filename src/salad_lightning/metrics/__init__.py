@@ -1,7 +1,8 @@
-"""Evaluation: the official ActivityNet detection mAP and calibration of the scores.
+"""Evaluation: the official ActivityNet detection protocol, calibration, DETAD's
+diagnosis, and the evaluation store.
 
-`TemporalActionDetectionMAP` needs torch, so it is imported on first use (PEP 562
-module ``__getattr__``): ``import salad_lightning.metrics.functional`` and the
+`DetectionStore` needs torch, so it is imported on first use (PEP 562 module
+``__getattr__``): ``import salad_lightning.metrics.functional`` and the
 ``python -m salad_lightning.evaluate`` command stay free of torch.
 """
 
@@ -9,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TemporalActionDetectionMAP"]
+__all__ = ["DetectionStore"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "TemporalActionDetectionMAP":
-        from salad_lightning.metrics.tad_map import TemporalActionDetectionMAP
+    if name == "DetectionStore":
+        from salad_lightning.metrics.store import DetectionStore
 
-        return TemporalActionDetectionMAP
+        return DetectionStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

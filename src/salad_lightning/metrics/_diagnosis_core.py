@@ -11,13 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from salad_lightning.metrics.functional import (
-    Instances,
-    _expand,
-    _run_starts,
-    match_predictions,
-    segment_tiou,
-)
+from salad_lightning.metrics.functional import _expand, _run_starts, segment_tiou
 
 DOUBLE, WRONG_LABEL, LOCALIZATION, CONFUSION, BACKGROUND = 1, 2, 3, 4, 5
 
@@ -28,55 +22,6 @@ def within_class_cumsum(flags: np.ndarray, start: np.ndarray) -> np.ndarray:
     total = np.cumsum(flags, axis=-1)
     before = np.where(start > 0, total[..., np.maximum(start - 1, 0)], 0)
     return total - before
-
-
-def _matched_ground_truth(tp, pv, ps, pc, rank, gv, gs, gc, thr):
-    """(threshold, prediction, ground truth) of every true positive in ``tp`` (T, N).
-
-    `match_predictions` says which predictions are true positives, not which ground
-    truth each took. Among the true positives of a threshold, taken in rank order,
-    each takes its first free candidate (same video and class, tIoU >= threshold,
-    tIoU descending, the later row first on ties), as in the official matching (a
-    false positive locks nothing). That serial choice with one priority order is the
-    outcome of deferred acceptance, run here in vectorised rounds.
-    """
-    e_t, e_p = np.nonzero(tp)
-    n_cls = int(max(gc.max(initial=0), pc.max(initial=0))) + 1
-    g_key = gv * n_cls + gc
-    g_order = np.argsort(g_key, kind="stable")
-    g_sorted = g_key[g_order]
-    p_key = pv[e_p] * n_cls + pc[e_p]
-    owner, at = _expand(
-        np.searchsorted(g_sorted, p_key, "left"), np.searchsorted(g_sorted, p_key, "right")
-    )
-    gt = g_order[at]
-    tiou = segment_tiou(ps[e_p[owner]], gs[gt])
-    tiou[np.isnan(tiou)] = np.inf  # 0/0: the official code tries such a pair first
-    ok = tiou >= thr[e_t[owner]]
-    owner, gt, tiou = owner[ok], gt[ok], tiou[ok]
-    try_order = np.lexsort((-gt, -tiou, owner))
-    owner, gt = owner[try_order], gt[try_order]
-
-    first = np.searchsorted(owner, np.arange(len(e_t)), "left")
-    end = np.searchsorted(owner, np.arange(len(e_t)), "right")
-    n_gt = len(gv)
-    holder = np.full(len(thr) * n_gt, -1, dtype=np.int64)
-    best = np.full(len(thr) * n_gt, np.iinfo(np.int64).max, dtype=np.int64)
-    proposing = np.arange(len(e_t))
-    while len(proposing):
-        if (first[proposing] >= end[proposing]).any():
-            raise RuntimeError("diagnosis: a true positive of the matching found no ground truth")
-        key = e_t[proposing] * n_gt + gt[first[proposing]]
-        np.minimum.at(best, key, rank[e_p[proposing]])
-        won = best[key] == rank[e_p[proposing]]
-        displaced = holder[key[won]]
-        holder[key[won]] = proposing[won]
-        proposing = np.concatenate([proposing[~won], displaced[displaced >= 0]])
-        first[proposing] += 1
-    e_g = np.empty(len(e_t), dtype=np.int64)
-    taken = np.flatnonzero(holder >= 0)
-    e_g[holder[taken]] = taken % n_gt
-    return e_t, e_p, e_g
 
 
 def _error_types(tp, pv, ps, pc, gv, gs, gc, thr, min_tiou: float) -> np.ndarray:
@@ -172,24 +117,25 @@ class Matches(NamedTuple):
         )
 
 
-def match(pv, ps, score, pc, gv, gs, gc, thr) -> Matches:
-    """Official matching of predictions of class ``pc`` (dense, 0..C-1) to ground truths."""
+def match(pv, score, pc, gc, tp, taken) -> Matches:
+    """The analyses' view of the official matching of predictions (video ``pv``, class
+    ``pc``, dense 0..C-1) to ground truths of class ``gc``: ``tp`` (T, N) its
+    true-positive flags and ``taken`` (T, N) the ground-truth row of each true positive
+    (`functional.Matching`)."""
     n_cls = len(np.bincount(gc))
     npos = np.bincount(gc, minlength=n_cls)
-    order = np.lexsort((np.arange(len(pv)), pv, -score))  # the rank order of match_predictions
-    rank = np.empty(len(pv), dtype=np.int64)
-    rank[order] = np.arange(len(pv))
+    order = np.lexsort((np.arange(len(pv)), pv, -score))  # the matching's rank order
     by_class = order[np.argsort(pc[order], kind="stable")]
     index = np.empty(len(pv), dtype=np.int64)
     index[by_class] = np.arange(len(pv))
     size = np.bincount(pc, minlength=n_cls)
     pos = index - (np.cumsum(size) - size)[pc]
-    tp = match_predictions(Instances(pv, ps, pc, score), Instances(gv, gs, gc), thr)
-    t, p, g = _matched_ground_truth(tp, pv, ps, pc, rank, gv, gs, gc, thr)
+    t, p = np.nonzero(tp)
+    g = taken[t, p]
     sort = np.lexsort((pos[p], pc[p], t))
     start = index[by_class] - pos[by_class]
     return Matches(
-        tp, t[sort], p[sort], g[sort], pc, pos, index, by_class, start, npos, len(gv) / n_cls
+        tp, t[sort], p[sort], g[sort], pc, pos, index, by_class, start, npos, len(gc) / n_cls
     )
 
 

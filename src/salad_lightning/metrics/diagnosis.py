@@ -64,7 +64,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypedDict
 
 import numpy as np
@@ -72,9 +71,10 @@ import numpy as np
 from salad_lightning.metrics import _diagnosis_core as core
 from salad_lightning.metrics.functional import (
     Instances,
+    Matching,
     _check_rows,
     _check_thresholds,
-    video_key,
+    match_detections,
 )
 
 __all__ = [
@@ -84,8 +84,6 @@ __all__ = [
     "Bins",
     "Diagnosis",
     "diagnose",
-    "diagnose_videos",
-    "write_diagnosis",
 ]
 
 ERROR_TYPES = (
@@ -220,14 +218,20 @@ def diagnose(
     limit_factor: int = 10,
     min_tiou: float = 0.1,
     false_negative_min_precision: float = 0.05,
+    matching: Matching | None = None,
 ) -> Diagnosis:
     """DETAD's false-positive, sensitivity and false-negative analyses (module docstring).
 
-    ``pred`` and ``gt`` as in `match_predictions`, with video indices into
+    ``pred`` and ``gt`` as in `match_detections`, with video indices into
     ``video_duration`` (seconds). Index videos in the order of `video_key` so that
     equal scores rank as in the project's evaluator. Defaults: ActivityNet
     (``PRESETS["activitynet"]``); ``diagnose(pred, gt, duration, **PRESETS["thumos14"])``
     for THUMOS14.
+
+    ``matching``: the evaluation's matching of these rows (an `Evaluation`'s), used as
+    it is when it holds the diagnosis' thresholds and DETAD's drops leave every ground
+    truth in place; otherwise (a dropped ground truth changes who matches whom) the
+    rows are matched here, on the ground truth DETAD keeps.
     """
     duration = np.asarray(video_duration, dtype=np.float64).reshape(-1)
     pred = _check_rows("pred", pred, scored=True, n_videos=len(duration))
@@ -266,7 +270,16 @@ def diagnose(
     at = np.minimum(np.searchsorted(classes, pl), n_cls - 1)
     used = np.flatnonzero(classes[at] == pl)
     pv, ps, score, pc = pv[used], ps[used], score[used], at[used]
-    m = core.match(pv, ps, score, pc, gv, gs, gc, thr)
+    known = matching is not None and all(
+        np.isclose(matching.tiou_thresholds, t, rtol=0, atol=1e-9).any() for t in thr
+    )
+    if known and kept.all():
+        given = matching.at(thr)
+        tp, taken = given.tp[:, used], given.gt[:, used]
+    else:
+        found = match_detections(Instances(pv, ps, pc, score), Instances(gv, gs, gc), thr)
+        tp, taken = found.tp, found.gt
+    m = core.match(pv, score, pc, gc, tp, taken)
     ap, precision = m.ap(np.ones(len(m.t), dtype=bool), m.pos[m.p] + 1.0)
     profile, average_top, gain, sel, types = core.false_positive_analysis(
         m, pv, ps, gv, gs, gc, thr, limit_factor=limit_factor, min_tiou=min_tiou
@@ -297,61 +310,3 @@ def diagnose(
         num_ground_truths=int(len(gv)),
         num_dropped_ground_truths=int((~kept).sum()),
     )
-
-
-def _flatten(parts: Sequence[tuple[int, dict[str, Any]]], scores: bool) -> Instances:
-    """Instances (video index, segments, labels[, scores]) of per-video dicts."""
-    video, segments, labels, score = [], [], [], []
-    for i, part in parts:
-        lab = np.asarray(part["labels"], dtype=np.int64).reshape(-1)
-        video.append(np.full(len(lab), i, dtype=np.int64))
-        segments.append(np.asarray(part["segments"], dtype=np.float64).reshape(-1, 2))
-        labels.append(lab)
-        if scores:
-            score.append(np.asarray(part["scores"], dtype=np.float64).reshape(-1))
-    return Instances(
-        np.concatenate(video),
-        np.concatenate(segments),
-        np.concatenate(labels),
-        np.concatenate(score) if scores else None,
-    )
-
-
-def diagnose_videos(videos: Sequence[dict[str, Any]], **kwargs: Any) -> Diagnosis | None:
-    """`diagnose` on per-video dicts: ``video_id``, ``duration``, ``gt`` (``segments``,
-    ``labels``) and, for a video with predictions, ``segments``, ``scores``, ``labels``.
-    Videos are indexed in the order of `video_key`, so equal scores rank as in the
-    evaluator. None when DETAD's drops (zero length, longer than the video) leave no
-    ground truth to diagnose.
-    ``kwargs`` go to `diagnose` (a preset, for example)."""
-    videos = sorted(videos, key=lambda v: video_key(str(v["video_id"])))
-    empty = {"segments": np.zeros((0, 2)), "labels": np.zeros(0), "scores": np.zeros(0)}
-    pred = _flatten(
-        [(i, v if "scores" in v else empty) for i, v in enumerate(videos)] or [(0, empty)], True
-    )
-    gt = _flatten([(i, v["gt"]) for i, v in enumerate(videos)] or [(0, empty)], False)
-    duration = np.array([float(v["duration"]) for v in videos] or [0.0])
-    length = gt.segments[:, 1] - gt.segments[:, 0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        coverage = length / duration[gt.video]
-    if not np.any((length > 0) & (coverage <= 1)):  # DETAD's drops leave nothing
-        return None
-    return diagnose(pred, gt, duration[: len(videos)], **kwargs)
-
-
-def write_diagnosis(diagnosis: Diagnosis, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``diagnosis.json`` (atomically) and DETAD's three figures; returns name -> path."""
-    from salad_lightning import plots
-    from salad_lightning.utils.io import atomic_write_json
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"diagnosis": atomic_write_json(out_dir / "diagnosis.json", diagnosis.to_json())}
-    for name, draw in [
-        ("false_positive_analysis", plots.plot_false_positive_analysis),
-        ("sensitivity_analysis", plots.plot_sensitivity_analysis),
-        ("false_negative_analysis", plots.plot_false_negative_analysis),
-    ]:
-        paths[name] = out_dir / f"{name}.png"
-        draw(diagnosis, paths[name])
-    return paths

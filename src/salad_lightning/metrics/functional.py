@@ -49,7 +49,10 @@ import numpy as np
 __all__ = [
     "DetectionEvaluation",
     "Instances",
+    "Matching",
+    "average_precision",
     "evaluate_detections",
+    "match_detections",
     "match_predictions",
     "segment_tiou",
     "video_key",
@@ -329,8 +332,9 @@ def _candidate_pairs(pv, p0, p1, p_class, gv, g0, g1, g_class, t_min):
     return pp, pg, tiou
 
 
-def _greedy(n_gt, pp, pg, tiou, grank, thr) -> tuple[np.ndarray, np.ndarray]:
-    """True positives (threshold index, prediction) of the official greedy matching.
+def _greedy(n_gt, pp, pg, tiou, grank, thr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True positives (threshold index, prediction, ground truth) of the official greedy
+    matching.
 
     Taking predictions one by one in rank order, each grabbing its first free
     candidate, is serial dictatorship; with one priority order shared by every
@@ -366,22 +370,24 @@ def _greedy(n_gt, pp, pg, tiou, grank, thr) -> tuple[np.ndarray, np.ndarray]:
         e_pos[rejected] += 1
         rejected = rejected[e_pos[rejected] < e_end[rejected]]
         proposing = rejected[tiou[e_pos[rejected]] >= e_cut[rejected]]
-    held = holder[holder >= 0]
-    return e_thr[held], e_pred[held]
+    taken = np.flatnonzero(holder >= 0)
+    held = holder[taken]
+    return e_thr[held], e_pred[held], taken % n_gt
 
 
 def _match(pv, p0, p1, pscore, pl, gv, g0, g1, gl, thr):
-    """True positives as (threshold index, prediction) lists, ranking, classes."""
+    """True positives as (threshold index, prediction, ground truth) lists, and the ranking."""
     order = _ranking(pv, pscore)
-    labels = np.unique(gl)
-    p_class = _dense(pl, labels)
     if len(gv) == 0 or len(pv) == 0:
         none = np.zeros(0, dtype=np.int64)
-        return none, none, order, labels, p_class
+        return none, none, none, order
+    labels = np.unique(gl)
     grank = np.empty(len(order), dtype=np.int64)
     grank[order] = np.arange(len(order))
-    pairs = _candidate_pairs(pv, p0, p1, p_class, gv, g0, g1, _dense(gl, labels), thr.min())
-    return *_greedy(len(gv), *pairs, grank, thr), order, labels, p_class
+    pairs = _candidate_pairs(
+        pv, p0, p1, _dense(pl, labels), gv, g0, g1, _dense(gl, labels), thr.min()
+    )
+    return *_greedy(len(gv), *pairs, grank, thr), order
 
 
 def _average_precision(tp_thr, tp_pred, order, p_class, npos, n_thr) -> np.ndarray:
@@ -417,40 +423,86 @@ def _average_precision(tp_thr, tp_pred, order, p_class, npos, n_thr) -> np.ndarr
     return ap.reshape(n_class, n_thr)
 
 
+class Matching(NamedTuple):
+    """The official greedy matching of predictions to ground truth at each threshold.
+
+    ``tp`` (T, N_pred): whether each prediction (input order) is a true positive at
+    each threshold; ``gt`` (T, N_pred): the ground-truth row it took there, -1 for a
+    false positive; ``order`` (N_pred,): the predictions in the order the matching took
+    them (score descending, ties as in the module docstring).
+    """
+
+    tiou_thresholds: np.ndarray
+    tp: np.ndarray
+    gt: np.ndarray
+    order: np.ndarray
+
+    def at(self, tiou_thresholds: Sequence[float]) -> Matching:
+        """The rows of these thresholds, which must be among the matched ones."""
+        wanted = _check_thresholds(tiou_thresholds)
+        rows = [
+            np.flatnonzero(np.isclose(self.tiou_thresholds, t, rtol=0, atol=1e-9)) for t in wanted
+        ]
+        missing = [float(t) for t, r in zip(wanted, rows) if not len(r)]
+        if missing:
+            raise ValueError(
+                f"tiou_thresholds: {missing} were not matched; matched: "
+                f"{self.tiou_thresholds.tolist()}"
+            )
+        index = np.array([r[0] for r in rows], dtype=np.int64)
+        return self._replace(
+            tiou_thresholds=self.tiou_thresholds[index], tp=self.tp[index], gt=self.gt[index]
+        )
+
+
+def match_detections(
+    pred: Instances, gt: Instances, tiou_thresholds: Sequence[float] = (0.5,)
+) -> Matching:
+    """The official matching (`Matching`) of ``pred`` (with scores) to ``gt`` (without),
+    at each threshold. Ties follow the module docstring. Fastest when the rows of a video
+    are contiguous."""
+    pred, gt = _check_rows("pred", pred, scored=True), _check_rows("gt", gt, scored=False)
+    thr = _check_thresholds(tiou_thresholds)
+    tp_thr, tp_pred, tp_gt, order = _match(*_columns(pred, gt), thr)
+    tp = np.zeros((len(thr), len(pred.video)), dtype=bool)
+    tp[tp_thr, tp_pred] = True
+    taken = np.full((len(thr), len(pred.video)), -1, dtype=np.int64)
+    taken[tp_thr, tp_pred] = tp_gt
+    return Matching(thr, tp, taken, order)
+
+
 def match_predictions(
     pred: Instances, gt: Instances, tiou_thresholds: Sequence[float] = (0.5,)
 ) -> np.ndarray:
-    """True-positive flags (T, N_pred) of each prediction at each threshold, in input order.
+    """True-positive flags (T, N_pred) of each prediction at each threshold, in input order
+    (`match_detections`' ``tp``)."""
+    return match_detections(pred, gt, tiou_thresholds).tp
 
-    ``pred`` with scores, ``gt`` without (`Instances`). Ties follow the module
-    docstring. Fastest when the rows of a video are contiguous.
+
+def average_precision(pred: Instances, gt: Instances, matching: Matching) -> DetectionEvaluation:
+    """Per-class AP, mAP per threshold and average mAP of a matching (no matching again).
+
+    ``matching`` is `match_detections` of these rows, or of rows whose classes these
+    labels refine (e.g. (video, class) pairs as classes, for a per-video AP: the
+    matching never pairs rows of different videos or classes). Classes are those present
+    in ``gt.labels``; a prediction of another class is a false positive of a class
+    outside the mean, so it changes nothing. With no ground truth at all, mAP is NaN.
     """
     pred, gt = _check_rows("pred", pred, scored=True), _check_rows("gt", gt, scored=False)
-    thr = _check_thresholds(tiou_thresholds)
-    tp_thr, tp_pred = _match(*_columns(pred, gt), thr)[:2]
-    tp = np.zeros((len(thr), len(pred.video)), dtype=bool)
-    tp[tp_thr, tp_pred] = True
-    return tp
-
-
-def evaluate_detections(
-    pred: Instances,
-    gt: Instances,
-    tiou_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
-) -> DetectionEvaluation:
-    """Per-class AP, mAP per threshold and average mAP (official protocol).
-
-    Inputs as in `match_predictions`. Classes are those present in ``gt.labels``;
-    a prediction of another class is a false positive of a class outside the mean,
-    so it changes nothing. With no ground truth at all, mAP is NaN.
-    """
-    pred, gt = _check_rows("pred", pred, scored=True), _check_rows("gt", gt, scored=False)
-    thr = _check_thresholds(tiou_thresholds)
-    tp_thr, tp_pred, order, labels, p_class = _match(*_columns(pred, gt), thr)
+    if matching.tp.shape != (len(matching.tiou_thresholds), len(pred.video)) or len(
+        matching.order
+    ) != len(pred.video):
+        raise ValueError(
+            f"matching: expected flags of shape ({len(matching.tiou_thresholds)}, "
+            f"{len(pred.video)}), got {matching.tp.shape}"
+        )
+    thr = matching.tiou_thresholds
+    labels = np.unique(gt.labels)
+    p_class = _dense(pred.labels, labels)
+    tp_thr, tp_pred = np.nonzero(matching.tp)
     npos = np.bincount(_dense(gt.labels, labels), minlength=len(labels))
-    ap = _average_precision(tp_thr, tp_pred, order, p_class, npos, len(thr))
+    ap = _average_precision(tp_thr, tp_pred, matching.order, p_class, npos, len(thr))
     mean_ap = ap.mean(axis=0) if len(labels) else np.full(len(thr), np.nan)
-
     return DetectionEvaluation(
         tiou_thresholds=thr,
         labels=labels,
@@ -459,3 +511,13 @@ def evaluate_detections(
         average_mAP=float(mean_ap.mean()),
         num_ground_truths=npos,
     )
+
+
+def evaluate_detections(
+    pred: Instances,
+    gt: Instances,
+    tiou_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
+) -> DetectionEvaluation:
+    """Per-class AP, mAP per threshold and average mAP (official protocol): the matching
+    (`match_detections`) and its AP (`average_precision`)."""
+    return average_precision(pred, gt, match_detections(pred, gt, tiou_thresholds))

@@ -8,17 +8,20 @@ result to the CPU once.
 Pipeline of :func:`postprocess_batch`: offsets -> index-unit segments
 (:func:`offsets_to_segments`) -> seconds, label and class confidence per valid step
 (:func:`decode`) -> fused score (:func:`fuse_scores`) -> optional pre-NMS top-k ->
-soft/hard NMS (:func:`batched_soft_nms`) or plain top-k -> per-video dicts.
+soft/hard NMS (:func:`batched_soft_nms`) or plain top-k -> one ``VideoDetections`` per
+video.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from salad_lightning.data.detections import VideoDetections
 from salad_lightning.data.mapping import index_to_seconds
 
 # NMS lives in models/nms.py; NMS_METHODS and soft_nms stay importable from here.
@@ -153,7 +156,8 @@ def postprocess_batch(
     pre_nms_topk: int | None = None,
     top_k: int | None = None,
     class_agnostic: bool = False,
-) -> list[dict[str, Tensor]]:
+    video_ids: Sequence[str] | None = None,
+) -> list[VideoDetections]:
     """Network outputs of a padded batch -> per-video detections on the CPU.
 
     ``segments`` (B, T, 2) index units (:func:`offsets_to_segments`),
@@ -169,10 +173,12 @@ def postprocess_batch(
       ``min_score`` (see :func:`soft_nms`); ``"none"`` applies no score threshold.
     - ``top_k``: final cap per video after everything else (ActivityNet: 20 with
       ``nms="none"``); ``None``: no cap.
+    - ``video_ids``: the batch's video ids (default ``"0"``, ``"1"``, ...).
 
-    Returns B dicts ``{"segments": (M, 2) seconds, "scores": (M,), "labels": (M,)
-    int64 0..K-1, "best_score": the video's highest fused score before NMS}``, sorted by
-    score descending (ties: lower step first).
+    Returns B :class:`~salad_lightning.data.detections.VideoDetections` (numpy):
+    segments (M, 2) in seconds, scores (M,), labels (M,) 0..K-1, sorted by score
+    descending (ties: lower step first), and ``best_score``, the video's highest fused
+    score before NMS.
     """
     if nms not in NMS_MODES:
         raise ValueError(f"unknown nms {nms!r}; allowed: {', '.join(NMS_MODES)}")
@@ -227,13 +233,19 @@ def postprocess_batch(
         segments, score, labels, valid = (x[:, :top_k] for x in (segments, score, labels, valid))
 
     # One transfer for the whole batch, then per-video selection on the CPU.
-    segments, score, labels, valid, best = (x.cpu() for x in (segments, score, labels, valid, best))
+    segments, score, labels, valid, best = (
+        x.cpu().numpy() for x in (segments, score, labels, valid, best)
+    )
+    ids = [str(b) for b in range(len(valid))] if video_ids is None else list(video_ids)
+    if len(ids) != len(valid):
+        raise ValueError(f"video_ids: {len(ids)} ids for a batch of {len(valid)} videos")
     return [
-        {
-            "segments": segments[b][valid[b]],
-            "scores": score[b][valid[b]],
-            "labels": labels[b][valid[b]],
-            "best_score": float(best[b]),
-        }
-        for b in range(valid.shape[0])
+        VideoDetections(
+            ids[b],
+            segments[b][valid[b]],
+            score[b][valid[b]],
+            labels[b][valid[b]],
+            best_score=float(best[b]),
+        )
+        for b in range(len(valid))
     ]

@@ -1,7 +1,7 @@
 """Training-step strategies: how a batch becomes the loss and its gradients.
 
 One interface (:class:`TrainingStep`), three implementations chosen once, when the
-module is built (:func:`make_training_step`):
+module is built (:func:`salad_lightning.training.factory.make_training_step`):
 
 - :class:`EagerStep`: the network, then the loss (:class:`HeadLoss`); Lightning's
   automatic optimisation does the backward and the optimiser step;
@@ -139,28 +139,3 @@ class CompiledStep(TrainingStep):
         if self.compiled is None:
             self.compiled = torch.compile(self.head_loss, dynamic=True)
         return self.eager_logs(module, batch, cls_only, self.compiled)
-
-
-def make_training_step(
-    net: nn.Module,
-    criterion: SaladCriterion,
-    *,
-    compile: bool = False,
-    cuda_graph: bool = False,
-    frozen: FrozenAlpha | None = None,
-    **graph_options: Any,
-) -> TrainingStep:
-    """The strategy the settings ask for (``model.compile``, ``model.cuda_graph``);
-    ``graph_options`` go to the graph strategy (``model.cuda_graph_*``) and only there."""
-    if compile and cuda_graph:
-        raise ValueError(
-            "model.compile=true and model.cuda_graph=true are alternatives (a graph "
-            "already removes the launch overhead compile targets); set one to false"
-        )
-    if cuda_graph:
-        from salad_lightning.training.graphs import GraphStep
-
-        return GraphStep(net, criterion, frozen=frozen, **graph_options)
-    if compile:
-        return CompiledStep(net, criterion, frozen=frozen)
-    return EagerStep(net, criterion, frozen=frozen)

@@ -1,0 +1,141 @@
+"""`DetectorModule`: what every detector of the framework shares as a LightningModule.
+
+A detector turns a batch into one `VideoDetections` per video (:meth:`detect`); the
+rest is here, once: one evaluation store per split (``val``, ``test``, ``predict``:
+`~salad_lightning.metrics.store.DetectionStore`, matched once per epoch), the
+validation / test / predict steps that fill them, the epoch ends that log their
+scalars, :meth:`evaluation` for the report writer
+(`~salad_lightning.reporting.ReportWriter`), and the class names a checkpoint keeps.
+SALAD (`~salad_lightning.lit_module.SaladLitModule`) and any second stage are
+subclasses that add their network, loss and optimisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from salad_lightning.data.batch import Batch
+from salad_lightning.data.detections import VideoDetections, VideoGroundTruth
+from salad_lightning.metrics.evaluation import Evaluation
+from salad_lightning.metrics.store import DetectionStore
+
+SPLITS = ("val", "test", "predict")
+
+
+class DetectorModule(pl.LightningModule):
+    """Evaluation, prediction and class names of a detector (subclasses: :meth:`detect`).
+
+    Args:
+        tiou_thresholds: the mAP's thresholds (the dataset's).
+        class_names: label names in class-index order, from the data; ``None`` when the
+            data does not name them (predicting on features alone): the checkpoint's then.
+        calibration_bins / calibration_tiou: the ECE's bins and the tIoU of a correct
+            detection.
+        extra_tiou_thresholds: further thresholds the stores match at, for the report's
+            readers (the diagnosis').
+        ground_truth_only: per split, the videos evaluated with no detection (the
+            split's videos without features: the official evaluator counts them).
+    """
+
+    def __init__(
+        self,
+        *,
+        tiou_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
+        class_names: Sequence[str] | None = None,
+        calibration_bins: int = 15,
+        calibration_tiou: float = 0.5,
+        extra_tiou_thresholds: Sequence[float] = (),
+        ground_truth_only: Mapping[str, Sequence[VideoGroundTruth]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.tiou_thresholds = tuple(float(t) for t in tiou_thresholds)
+        self.class_names = list(class_names) if class_names is not None else None
+        unknown = sorted(set(ground_truth_only or {}) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"ground_truth_only: unknown split(s) {unknown}; known: {SPLITS}")
+        self.stores = nn.ModuleDict(
+            {
+                split: DetectionStore(
+                    self.tiou_thresholds,
+                    split=split,
+                    calibration_tiou=calibration_tiou,
+                    calibration_bins=calibration_bins,
+                    extra_tiou_thresholds=extra_tiou_thresholds,
+                    ground_truth_only=(ground_truth_only or {}).get(split, ()),
+                )
+                for split in SPLITS
+            }
+        )
+
+    def detect(self, batch: Batch) -> list[VideoDetections]:
+        """One `VideoDetections` per video of ``batch`` (segments in seconds)."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- evaluation
+    def evaluation(self, split: str) -> Evaluation:
+        """The typed result of ``split``'s last epoch (its store's, matched once)."""
+        return self.stores[split].evaluate()
+
+    def _store_batch(self, split: str, batch: Batch) -> None:
+        truths = [
+            m.get("ground_truth") or VideoGroundTruth.empty(m["video_id"]) for m in batch.meta
+        ]
+        self.stores[split].update(self.detect(batch), truths)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._store_batch("val", batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._store_batch("test", batch)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> None:
+        self._store_batch("predict", batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self.stores["val"].reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.stores["test"].reset()
+
+    def on_predict_epoch_start(self) -> None:
+        self.stores["predict"].reset()
+
+    def _log_evaluation(self, split: str) -> Evaluation:
+        result = self.evaluation(split)
+        # the store is already reduced across processes: every rank logs the same value
+        self.log_dict({k: torch.tensor(v) for k, v in result.logs().items()}, sync_dist=False)
+        return result
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        result = self._log_evaluation("val")
+        self.log("val_mAP", torch.tensor(result.average_map), prog_bar=True, logger=False)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
+
+    def on_predict_epoch_end(self) -> None:
+        self.evaluation("predict")  # every process takes part in the gather
+
+    # -------------------------------------------------------------- class names
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The checkpoint's class names (saved with the hyperparameters; older checkpoints
+        kept them under ``class_names``), which must be this data's when it has any."""
+        saved = checkpoint.get("hyper_parameters", {}).get("class_names")
+        saved = saved or checkpoint.get("class_names")
+        if not saved:
+            return
+        if self.class_names is not None and list(saved) != list(self.class_names):
+            raise ValueError(
+                f"the checkpoint's classes ({len(saved)}: {list(saved)[:5]}...) differ from "
+                f"this data's ({len(self.class_names)}: {self.class_names[:5]}...); test and "
+                "predict with the annotation file (or dataset.datamodule.class_index_file) "
+                "the model was trained with"
+            )
+        self.class_names = list(saved)
