@@ -9,7 +9,7 @@
 # logs/pilot/times.tsv gets one line per run: name, seed, wall seconds, the 1-minute
 # load average at its start and at its end, start time, CPU seconds (user + system:
 # what the run costs whatever else the machine runs).
-#   python experiments/aggregate.py logs/pilot/NAME --rows model.loss.pruning --list
+#   salad-aggregate logs/pilot/NAME --rows model.loss.pruning --list
 # then prints each seed's average mAP.
 set -euo pipefail
 cd "$(dirname "$0")/.."

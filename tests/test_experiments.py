@@ -1,4 +1,5 @@
-"""experiments/: the table aggregation on hand-made run folders, and the experiment configs.
+"""experiments/: the table aggregation (salad-aggregate) on hand-made run folders, and the
+experiment configs.
 
 The slow tests run ``experiment=thumos_paper`` and ``experiment=anet_paper`` for one
 epoch, end to end, on tiny fixtures in the real on-disk layouts (a tiny network).
@@ -6,7 +7,6 @@ epoch, end to end, on tiny fixtures in the real on-disk layouts (a tiny network)
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
@@ -21,12 +21,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from _runcfg import REPO, compose_cfg, run_cli
+from salad_lightning import aggregate, paired, sweeps
 from salad_lightning.data.thumos_like import select_videos
-
-_spec = importlib.util.spec_from_file_location("aggregate", REPO / "experiments" / "aggregate.py")
-aggregate = importlib.util.module_from_spec(_spec)
-sys.modules["aggregate"] = aggregate  # dataclasses look their module up
-_spec.loader.exec_module(aggregate)
 
 TIOU = [0.1, 0.2, 0.3, 0.4, 0.5]
 
@@ -72,7 +68,7 @@ def pruning_runs(tmp_path) -> Path:
 
 
 def test_aggregate_mean_and_std_by_hand(pruning_runs):
-    runs = aggregate.load_runs([pruning_runs], ["model.loss.pruning"])
+    runs = sweeps.load_runs([pruning_runs], ["model.loss.pruning"])
     tious, rows = aggregate.summarise(runs, "pruning")
     assert tious == TIOU
     # the paper's order (its rows present here), then rows it does not have, sorted
@@ -148,22 +144,22 @@ def test_aggregate_cli_prints_and_writes_the_same_markdown(pruning_runs, tmp_pat
     + [(5, 0.975, 2.571), (9, 0.975, 2.262), (30, 0.975, 2.042), (4, 0.95, 2.132)],
 )
 def test_t_quantile_against_tables(df, q, table):
-    assert aggregate.t_quantile(q, df) == pytest.approx(table, abs=5e-4)
-    assert aggregate.t_quantile(1 - q, df) == pytest.approx(-table, abs=5e-4)
+    assert paired.t_quantile(q, df) == pytest.approx(table, abs=5e-4)
+    assert paired.t_quantile(1 - q, df) == pytest.approx(-table, abs=5e-4)
 
 
 def test_t_cdf_closed_forms():
     # df = 1 is the Cauchy distribution: F(1) = 1/2 + atan(1)/pi = 3/4
-    assert aggregate.t_cdf(1.0, 1) == pytest.approx(0.75, abs=1e-15)
+    assert paired.t_cdf(1.0, 1) == pytest.approx(0.75, abs=1e-15)
     # df = 2: F(t) = 1/2 + t / (2 sqrt(2 + t^2)); F(2) = 1/2 + 1/sqrt(6)
-    assert aggregate.t_cdf(2.0, 2) == pytest.approx(0.5 + 1 / math.sqrt(6), abs=1e-15)
+    assert paired.t_cdf(2.0, 2) == pytest.approx(0.5 + 1 / math.sqrt(6), abs=1e-15)
     # df = 3: F(t) = 1/2 + (θ + sin θ cos θ) / π, θ = atan(t / sqrt(3)); t = sqrt(3): θ = π/4
-    assert aggregate.t_cdf(math.sqrt(3), 3) == pytest.approx(0.75 + 0.5 / math.pi, abs=1e-15)
+    assert paired.t_cdf(math.sqrt(3), 3) == pytest.approx(0.75 + 0.5 / math.pi, abs=1e-15)
     for df in (1, 2, 5, 8):
-        assert aggregate.t_cdf(0.0, df) == 0.5
-        assert aggregate.t_cdf(-1.3, df) == pytest.approx(1 - aggregate.t_cdf(1.3, df))
+        assert paired.t_cdf(0.0, df) == 0.5
+        assert paired.t_cdf(-1.3, df) == pytest.approx(1 - paired.t_cdf(1.3, df))
     with pytest.raises(ValueError, match="df must be"):
-        aggregate.t_cdf(1.0, 0)
+        paired.t_cdf(1.0, 0)
 
 
 def _paired_runs(root: Path) -> None:
@@ -180,9 +176,9 @@ def _paired_runs(root: Path) -> None:
 
 def test_paired_intervals_by_hand(tmp_path):
     _paired_runs(tmp_path / "runs")
-    runs = aggregate.load_runs([tmp_path / "runs"], ["model.loss.pruning"])
+    runs = sweeps.load_runs([tmp_path / "runs"], ["model.loss.pruning"])
     _, rows = aggregate.summarise(runs, "pruning")
-    avg, at05 = aggregate.paired(rows, "salad", resamples=10000, seed=0)
+    avg, at05 = paired.paired(rows, "salad", resamples=10000, seed=0)
     assert (avg.key, avg.measure, avg.seeds) == ("none", "average", (0, 1, 2, 3, 4))
     # d = -2, -1, -3, -1, -3: mean -2, deviations 0, 1, -1, 1, -1, sd = sqrt(4 / 4) = 1,
     # se = 1 / sqrt(5) = 0.447214; t(0.975, 4) = 2.776445 -> -2 ± 1.241663
@@ -199,12 +195,12 @@ def test_paired_intervals_by_hand(tmp_path):
     assert at05.verdict == "not resolved"
     # the same seed and data give the same bootstrap; with few resamples another
     # seed gives another interval
-    again = aggregate.paired(rows, "salad", resamples=10000, seed=0)
+    again = paired.paired(rows, "salad", resamples=10000, seed=0)
     assert again[1].bootstrap == at05.bootstrap
-    few = [aggregate.paired(rows, "salad", resamples=20, seed=k)[1].bootstrap for k in (0, 1)]
+    few = [paired.paired(rows, "salad", resamples=20, seed=k)[1].bootstrap for k in (0, 1)]
     assert few[0] != few[1]
     with pytest.raises(ValueError, match="reference row 'nope'"):
-        aggregate.paired(rows, "nope")
+        paired.paired(rows, "nope")
 
 
 def test_bootstrap_matches_the_exact_resampling_distribution():
@@ -217,23 +213,23 @@ def test_bootstrap_matches_the_exact_resampling_distribution():
     # by hand: k draws of -0.5 give a mean of (5 - 1.5 k) / 5; P(k >= 4) = 0.00672 and
     # P(k >= 3) = 0.05792 (binomial, p = 1/5), so the 2.5% quantile is k = 3: 0.1
     assert lo_exact == pytest.approx(0.1) and hi_exact == pytest.approx(1.0)
-    lo, hi = aggregate.bootstrap_interval(diffs, resamples=10000, seed=0)
+    lo, hi = paired.bootstrap_interval(diffs, resamples=10000, seed=0)
     assert abs(lo - lo_exact) <= 0.2 + 1e-9 and hi == pytest.approx(hi_exact)
     # the t interval is wider: mean 0.7, sd sqrt(0.45), se 0.3, 0.7 ± 2.776445 * 0.3
-    assert aggregate.t_interval(diffs) == pytest.approx((-0.132934, 1.532934), abs=1e-5)
-    p = aggregate.Paired(
+    assert paired.t_interval(diffs) == pytest.approx((-0.132934, 1.532934), abs=1e-5)
+    p = paired.Paired(
         "x",
         "x",
         (0, 1, 2, 3, 4),
         "average",
         tuple(diffs),
         0.7,
-        aggregate.t_interval(diffs),
+        paired.t_interval(diffs),
         (lo, hi),
     )
     assert p.verdict == "not resolved (bootstrap: better)"
-    assert aggregate.bootstrap_interval([2.0, 2.0, 2.0], resamples=100) == (2.0, 2.0)
-    assert all(math.isnan(v) for v in aggregate.bootstrap_interval([1.0], resamples=100))
+    assert paired.bootstrap_interval([2.0, 2.0, 2.0], resamples=100) == (2.0, 2.0)
+    assert all(math.isnan(v) for v in paired.bootstrap_interval([1.0], resamples=100))
 
 
 def test_runs_without_detections_are_reported(tmp_path, capsys):
@@ -241,7 +237,7 @@ def test_runs_without_detections_are_reported(tmp_path, capsys):
     for s, (dets, m) in enumerate([(5, 0.2), (0, 0.0), (0, 0.0), (3, 0.1)]):
         _fake_run(root / f"h{s}", seed=s, pruning="salad", maps=[m] * 5, detections=dets)
     _fake_run(root / "old", seed=9, pruning="salad", maps=[0.1] * 5, detections=None)
-    runs = aggregate.load_runs([root], ["model.loss.pruning"])
+    runs = sweeps.load_runs([root], ["model.loss.pruning"])
     assert [r.detections for r in runs] == [5, 0, 0, 3, None]
     _, (row,) = aggregate.summarise(runs, None)
     assert row.empty_seeds == (1, 2)
@@ -259,7 +255,7 @@ def test_runs_without_detections_are_reported(tmp_path, capsys):
 def test_aggregate_rows_of_several_keys_and_stale_runs(tmp_path, capsys):
     for i, mu in enumerate((0.5, 0.7)):
         _fake_run(tmp_path / "s" / str(i), seed=0, pruning="salad", maps=[0.1] * 5, mu=mu)
-    runs = aggregate.load_runs([tmp_path / "s"], ["model.loss.lambda1", "model.loss.mu"])
+    runs = sweeps.load_runs([tmp_path / "s"], ["model.loss.lambda1", "model.loss.mu"])
     assert sorted(r.row for r in runs) == ["1.0,0.5", "1.0,0.7"]  # ints read as floats
     # two runs of one row and seed: an error naming both folders
     _fake_run(tmp_path / "s" / "2", seed=0, pruning="salad", maps=[0.2] * 5, mu=0.7)

@@ -96,8 +96,8 @@ need_salad() {
   fi
 }
 
-# aggregate ARGS...: experiments/aggregate.py
-aggregate() { "$PYTHON" experiments/aggregate.py "$@"; }
+# aggregate ARGS...: salad-aggregate (the package's salad_lightning.aggregate)
+aggregate() { "$PYTHON" -m salad_lightning.aggregate "$@"; }
 
 # table NAME ROWS TITLE DIR... -- ARGS...: the table of the runs in DIR... paired with
 # SALAD's, printed and written to $RESULTS/NAME.md with the command (NAME.sh ARGS...),
