@@ -33,10 +33,16 @@ timeout 200 python3 experiments/benchmarks/train.py --parts epoch validation --m
 timeout 30 python3 experiments/benchmarks/matching.py --device cuda 2>&1 | tail -6 | tee "$OUT/matching.txt"
 timeout 60 python3 experiments/benchmarks/postprocess.py --device cuda --no-peer 2>&1 | tail -12 | tee "$OUT/postprocess.txt"
 
-# the Hydra app on the GPU: synthetic default, 3 epochs, CUDA graphs on
+# feature extraction (decoding, TV-L1, I3D RGB and flow forwards); needs PyAV and OpenCV's
+# contrib build (wheels in .whl/, installed below with the others)
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+timeout 120 python3 experiments/benchmarks/extract.py --device cuda --batch 16 2>&1 | tail -12 | tee "$OUT/extract.txt"
+
+# the Hydra app on the GPU: synthetic default, 3 epochs, CUDA graphs on
+if ls .whl/*.whl >/dev/null 2>&1; then
   timeout 60 python3 -m salad_lightning.run trainer=gpu trainer.max_epochs=3 trainer.enable_progress_bar=false \
     model.cuda_graph=true paths.root_dir=/tmp/salad_app logger=csv 2>&1 | tail -8 | tee "$OUT/app_gpu.txt"
   # a whole run (issue goal: <= 1.15 x N graphed bare-GRU epochs + the validation floor):
