@@ -113,7 +113,7 @@ def test_loaders_follow_the_contract(thumos_folder, quiet):
     for b in val:
         _check_batch(b, 8)
         assert all(m["crop_start"] == 0 for m in b.meta)
-    full = [m for b in dm.full_train_dataloader() for m in b.meta]
+    full = [m for b in dm.whole_train_dataloader() for m in b.meta]
     assert sorted(m["video_id"] for m in full) == sorted(dm.datasets["train"].video_ids)
     assert all(m["crop_start"] == 0 for m in full)
     test = list(dm.test_dataloader())

@@ -235,6 +235,38 @@ def test_thumos_layout_runs_one_epoch(tmp_path, thumos_folder):
     assert "test/mAP@0.5" in json.loads(metrics[0].read_text())
 
 
+def test_the_train_fit_is_logged_every_n_epochs_and_equals_a_test_on_those_videos(tmp_path):
+    """callbacks.train_fit: train/mAP every N epochs and at the last one, in the CSV log
+    and metrics.json; its last value is the last checkpoint's mAP on those videos, as
+    `mode=test` on them gives it (here the sample holds every training video)."""
+    import csv
+
+    data = ["dataset.datamodule.val_subset=Validation", "test_after_training=false"]
+    summary, out = _train(
+        tmp_path,
+        [*data, "trainer.max_epochs=5", "callbacks.train_fit.every_n_epochs=2",
+         "callbacks.train_fit.videos=100", "model.optimizer.lr=0.01"],
+    )  # fmt: skip
+    with open(out / "csv" / "metrics.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("train/mAP")]
+    assert [int(r["epoch"]) for r in rows] == [1, 3, 4]  # every 2 epochs, and the last
+    fit = json.loads((out / "metrics.json").read_text())["train"]
+    assert fit == summary["train"] and fit["train/mAP"] == float(rows[-1]["train/mAP"])
+    assert set(fit) == {f"train/mAP@{t:g}" for t in (0.3, 0.4, 0.5, 0.6, 0.7)} | {
+        "train/mAP",
+        "train/ece",
+    }
+    assert fit["train/mAP"] > 0
+    cfg = compose_cfg(
+        tmp_path / "test",
+        ["mode=test", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+         "dataset.datamodule.test_subset=Validation"],
+    )  # fmt: skip
+    tested = run_pipeline(cfg)
+    for t in ("@0.3", "@0.5", "@0.7", ""):
+        assert tested[f"test/mAP{t}"] == pytest.approx(fit[f"train/mAP{t}"], abs=1e-12)
+
+
 def test_checkpoint_holds_max_offset_and_class_names(tmp_path):
     """The module is built with its data's facts (the longest training ground truth in
     steps, the class names), saved once in the checkpoint; testing it on data that names

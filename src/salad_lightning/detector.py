@@ -24,7 +24,7 @@ from salad_lightning.data.detections import VideoDetections, VideoGroundTruth
 from salad_lightning.metrics.evaluation import Evaluation
 from salad_lightning.metrics.store import DetectionStore
 
-SPLITS = ("val", "test", "predict")
+SPLITS = ("train", "val", "test", "predict")  # train: the train fit (train_fit.TrainFit)
 
 
 class DetectorModule(pl.LightningModule):
@@ -60,7 +60,7 @@ class DetectorModule(pl.LightningModule):
             raise ValueError(f"ground_truth_only: unknown split(s) {unknown}; known: {SPLITS}")
         self.stores = nn.ModuleDict(
             {
-                split: DetectionStore(
+                f"{split}_store": DetectionStore(
                     self.tiou_thresholds,
                     split=split,
                     calibration_tiou=calibration_tiou,
@@ -77,48 +77,63 @@ class DetectorModule(pl.LightningModule):
         raise NotImplementedError
 
     # -------------------------------------------------------------- evaluation
+    def store(self, split: str) -> DetectionStore:
+        """``split``'s evaluation store (``self.stores`` keys them ``<split>_store``: a
+        module's ``train`` attribute is taken)."""
+        return self.stores[f"{split}_store"]
+
     def evaluation(self, split: str) -> Evaluation:
         """The typed result of ``split``'s last epoch (its store's, matched once)."""
-        return self.stores[split].evaluate()
+        return self.store(split).evaluate()
 
-    def _store_batch(self, split: str, batch: Batch) -> None:
+    def store_batch(self, split: str, batch: Batch) -> list[VideoDetections]:
+        """Detect the batch's videos and add them, with their ground truth, to ``split``'s
+        store; returns the detections."""
         truths = [
             m.get("ground_truth") or VideoGroundTruth.empty(m["video_id"]) for m in batch.meta
         ]
-        self.stores[split].update(self.detect(batch), truths)
+        detections = self.detect(batch)
+        self.store(split).update(detections, truths)
+        return detections
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._store_batch("val", batch)
+        self.store_batch("val", batch)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._store_batch("test", batch)
+        self.store_batch("test", batch)
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> None:
-        self._store_batch("predict", batch)
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[VideoDetections]:
+        """This process's detections of the batch (``trainer.predict`` returns them); the
+        report writer reads every process's from the predict store."""
+        return self.store_batch("predict", batch)
 
     def on_validation_epoch_start(self) -> None:
-        self.stores["val"].reset()
+        self.store("val").reset()
 
     def on_test_epoch_start(self) -> None:
-        self.stores["test"].reset()
+        self.store("test").reset()
 
     def on_predict_epoch_start(self) -> None:
-        self.stores["predict"].reset()
+        self.store("predict").reset()
 
-    def _log_evaluation(self, split: str) -> Evaluation:
+    def log_evaluation(self, split: str) -> Evaluation:
+        """Log ``split``'s result (its store's) under ``split/``; returns it."""
         result = self.evaluation(split)
         # the store is already reduced across processes: every rank logs the same value
-        self.log_dict({k: torch.tensor(v) for k, v in result.logs().items()}, sync_dist=False)
+        self.log_dict(
+            {k: torch.tensor(v, dtype=torch.float64) for k, v in result.logs().items()},
+            sync_dist=False,
+        )
         return result
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        result = self._log_evaluation("val")
+        result = self.log_evaluation("val")
         self.log("val_mAP", torch.tensor(result.average_map), prog_bar=True, logger=False)
 
     def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test")
+        self.log_evaluation("test")
 
     def on_predict_epoch_end(self) -> None:
         self.evaluation("predict")  # every process takes part in the gather

@@ -26,6 +26,7 @@ from salad_lightning.session import (
     resume_checkpoint,
     session,
 )
+from salad_lightning.train_fit import TrainFit
 from salad_lightning.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             trainer.test(run.model, datamodule=run.datamodule, ckpt_path=last, verbose=False)
             summary = dict(run.writer.summary or {})
         summary["val"] = val
+        fit = [cb.last for cb in trainer.callbacks if isinstance(cb, TrainFit) and cb.last]
+        if fit:  # the train fit of the last epoch's weights, the checkpoint tested
+            summary["train"] = fit[0]
         if trainer.is_global_zero:
             atomic_write_json(run.out_dir / "metrics.json", summary)
         return summary
@@ -139,7 +143,7 @@ def export_alpha(cfg: DictConfig) -> Path:
     model.eval()
     datamodule.setup("fit")
     alphas = frozen.export_alpha(
-        model.net, datamodule.full_train_dataloader(), max_offset=model.max_offset, mu=mu
+        model.net, datamodule.whole_train_dataloader(), max_offset=model.max_offset, mu=mu
     )
     path = Path(cfg.get("alpha_output") or out_dir / "frozen_alpha.npz")
     frozen.save_frozen_alpha(path, alphas)

@@ -447,12 +447,22 @@ class SaladDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", training=True)
 
-    def full_train_dataloader(self) -> DataLoader:
-        """Every training video whole, longest first (e.g. to export per-video values)."""
-        if "train_full" not in self.datasets:
+    def whole_train_dataloader(self, sample: int | None = None, seed: int = 0) -> DataLoader:
+        """Training videos whole (no crops), longest first: all of them (e.g. to export
+        per-video values), or a fixed sample of ``sample`` of those with features, drawn
+        with ``seed`` (a run's train fit is measured on it)."""
+        name = "train_whole" if sample is None else f"train_sample_{sample}_{seed}"
+        if name not in self.datasets:
             train, _ = self._train_val_records()
-            self.datasets["train_full"] = self._dataset(train, training=False, name="train")
-        return self._loader("train_full", training=False)
+            if sample is not None:
+                if "train" not in self.datasets:
+                    self.setup("fit")
+                ids = sorted(self.datasets["train"].video_ids)
+                rng = np.random.default_rng(seed)
+                chosen = {ids[i] for i in rng.permutation(len(ids))[: int(sample)]}
+                train = [v for v in train if v.video_id in chosen]
+            self.datasets[name] = self._dataset(train, training=False, name="train")
+        return self._loader(name, training=False)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", training=False) if "val" in self.datasets else []
