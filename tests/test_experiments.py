@@ -438,3 +438,66 @@ def test_run_args_tell_a_new_untracked_config_apart(tmp_path):
     assert args() != clean
     (tmp_path / "conf" / "b.yaml").unlink()
     assert args() == clean
+
+
+# --- the convergence pilot's rule (experiments/convergence.py) -----------------------
+
+
+def _convergence_run(root: Path, epochs: int, seed: int, fit: dict, hold: dict, test: float):
+    """A finished pilot run: its CSV log (train/mAP and val/mAP by epoch, in fractions)
+    and metrics.json."""
+    run = root / f"E{epochs}" / f"seed{seed}"
+    (run / "csv").mkdir(parents=True)
+    rows = ["epoch,step,train/mAP,val/mAP"]
+    for done in sorted(set(fit) | set(hold)):
+        f, h = fit.get(done, ""), hold.get(done, "")
+        rows.append(
+            f"{done - 1},{done * 10},{f / 100 if f != '' else ''},{h / 100 if h != '' else ''}"
+        )
+    (run / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (run / "metrics.json").write_text(json.dumps({"test/mAP": test / 100}))
+
+
+def test_the_convergence_rule_by_hand(tmp_path):
+    """Three budgets, two seeds. 40 epochs: train fit 80 (< 90): condition 1 fails. 80
+    epochs: fit 90.5 then 91 (+0.5, plateaued), holdout best 60 by 64 epochs and 60.5 at
+    the end (+0.5); 160 epochs add 0.5 (fit) and 0.9 (holdout): all four met, so the rule
+    picks 80. 160 has no larger budget: condition 4 fails there."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location(
+        "convergence", REPO / "experiments" / "convergence.py"
+    )
+    conv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conv)
+    for seed in (0, 1):
+        _convergence_run(tmp_path, 40, seed, {32: 79.5, 40: 80.0}, {32: 50.5, 40: 51.0}, 40.0)
+        _convergence_run(
+            tmp_path, 80, seed, {64: 90.5, 80: 91.0}, {8: 20.0, 64: 60.0, 80: 60.5}, 50.0 + seed
+        )
+        _convergence_run(tmp_path, 160, seed, {128: 91.4, 160: 91.5}, {128: 61.0, 160: 61.4}, 52.0)
+    found = conv.read(tmp_path)
+    assert sorted(found) == [40, 80, 160]
+    row = next(r for r in found[80] if r["seed"] == 1)
+    assert row == pytest.approx(
+        {
+            "seed": 1,
+            "fit_80": 90.5,
+            "fit_end": 91.0,
+            "hold_best_80": 60.0,
+            "hold_end": 60.5,
+            "test": 51.0,
+        }
+    )
+    unmet, chosen = conv.verdicts(found)
+    assert chosen == 80 and unmet[80] == []
+    assert [u.split(":")[0] for u in unmet[40]] == ["1", "4"]  # 80 epochs add 11 (fit)
+    assert unmet[160] == ["4: no larger budget to compare with"]
+    assert "The rule chooses **80 epochs**." in conv.table(found)
+    # the holdout still improving in the last 20% of 80 epochs: 80 no longer qualifies
+    shutil.rmtree(tmp_path / "E80")
+    for seed in (0, 1):
+        _convergence_run(tmp_path, 80, seed, {64: 90.5, 80: 91.0}, {64: 58.0, 80: 60.5}, 50.0)
+    unmet, chosen = conv.verdicts(conv.read(tmp_path))
+    assert chosen is None and unmet[80][0].startswith("3: the holdout gains 2.50")
