@@ -208,7 +208,8 @@ def prepare(
     if stages:
         preflight(datamodule, stages, out_dir)
     model = build_model(cfg, datamodule, stages)
-    atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if rank_zero_only.rank == 0:  # the processes of a DDP job share the folder
+        atomic_write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     return datamodule, model, out_dir
 
 

@@ -28,6 +28,7 @@ def make_csv_logger(*, save_dir: str, name: str = "csv", version: str = ""):
     folder instead of deleting it: a resumed run (``resume=RUN``) keeps its history."""
     from pytorch_lightning.loggers import CSVLogger
     from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+    from pytorch_lightning.loggers.logger import rank_zero_experiment
 
     class AppendingWriter(ExperimentWriter):
         def _check_log_dir_exists(self) -> None:
@@ -38,6 +39,7 @@ def make_csv_logger(*, save_dir: str, name: str = "csv", version: str = ""):
 
     class AppendingCSVLogger(CSVLogger):
         @property
+        @rank_zero_experiment  # as Lightning's: the other ranks of a job share the folder
         def experiment(self) -> ExperimentWriter:
             if self._experiment is None:
                 Path(self.root_dir).mkdir(parents=True, exist_ok=True)
