@@ -155,9 +155,9 @@ def test_facts_a_model_is_built_with(thumos_folder, tmp_path, quiet):
     dm = _thumos_dm(thumos_folder)
     facts = dm.facts(["fit", "test"])
     assert facts.class_names[:2] == ("BaseballPitch", "BasketballDunk")
-    assert facts.max_offset == dm.max_offset > 0
+    assert facts.model_inputs == {"max_offset": dm.max_offset} and dm.max_offset > 0
     assert facts.ground_truth_only == {"val": (), "test": ()}
-    assert _thumos_dm(thumos_folder).facts(["test"]).max_offset is None  # not fitting
+    assert _thumos_dm(thumos_folder).facts(["test"]).model_inputs == {}  # not fitting
     dm.class_index.save(tmp_path / "classes.json")
     named = _thumos_dm(thumos_folder, class_index_file=str(tmp_path / "classes.json"))
     assert named.num_classes == 20 and named.facts([]).class_names == facts.class_names

@@ -43,3 +43,19 @@ def test_classes_without_ground_truth_are_marked():
     table = per_class_markdown(summary)
     assert "| Jump | – | – |" in table and "no ground truth in the test split" in table
     assert "| Run | 100.00 | 100.00 |" in table
+
+
+def test_scores_that_are_not_probabilities_have_no_calibration(tmp_path):
+    """A second stage's scores may exceed 1 (P-GCN: softmax x exp(completeness)): the
+    ECE is then NaN and no reliability diagram is drawn; the mAP is unaffected."""
+    from salad_lightning import plots
+
+    truth = VideoGroundTruth("v", [[0.0, 10.0]], [0], 100.0)
+    dets = VideoDetections("v", [[0.0, 10.0], [50.0, 60.0]], [1.7, 0.3], [0, 0])
+    evaluation = evaluate_videos([dets], [truth], [0.5])
+    assert not evaluation.scores_are_probabilities and np.isnan(evaluation.ece)
+    assert evaluation.average_map == 1.0
+    images = plots.write_plots(evaluation, ["Run"], tmp_path, num_timelines=1)
+    assert list(images) == ["timeline/v"]
+    capped = VideoDetections("v", dets.segments, [1.0, 0.3], dets.labels)
+    assert evaluate_videos([capped], [truth], [0.5]).ece == pytest.approx(0.15)  # (0 + 0.3) / 2

@@ -21,8 +21,10 @@ from torch import nn
 
 from salad_lightning.data.batch import Batch
 from salad_lightning.data.detections import VideoDetections, VideoGroundTruth
+from salad_lightning.data.extracted import record_mismatches
 from salad_lightning.metrics.evaluation import Evaluation
 from salad_lightning.metrics.store import DetectionStore
+from salad_lightning.models.video_fusion import VideoFusion
 
 SPLITS = ("train", "val", "test", "predict")  # train: the train fit (train_fit.TrainFit)
 
@@ -40,6 +42,9 @@ class DetectorModule(pl.LightningModule):
             readers (the diagnosis').
         ground_truth_only: per split, the videos evaluated with no detection (the
             split's videos without features: the official evaluator counts them).
+        video_fusion: an external classifier's video-level class scores fused into every
+            video's detections before they are stored (``postprocess.video_scores``;
+            `~salad_lightning.models.video_fusion`); None: the detector's own labels.
     """
 
     def __init__(
@@ -51,8 +56,10 @@ class DetectorModule(pl.LightningModule):
         calibration_tiou: float = 0.5,
         extra_tiou_thresholds: Sequence[float] = (),
         ground_truth_only: Mapping[str, Sequence[VideoGroundTruth]] | None = None,
+        video_fusion: VideoFusion | None = None,
     ) -> None:
         super().__init__()
+        self.video_fusion = video_fusion
         self.tiou_thresholds = tuple(float(t) for t in tiou_thresholds)
         self.class_names = list(class_names) if class_names is not None else None
         unknown = sorted(set(ground_truth_only or {}) - set(SPLITS))
@@ -76,6 +83,10 @@ class DetectorModule(pl.LightningModule):
         """One `VideoDetections` per video of ``batch`` (segments in seconds)."""
         raise NotImplementedError
 
+    def check_trainer(self, trainer: pl.Trainer) -> None:
+        """Refuse, by key, trainer settings the detector cannot take (before ``fit``);
+        none by default."""
+
     # -------------------------------------------------------------- evaluation
     def store(self, split: str) -> DetectionStore:
         """``split``'s evaluation store (``self.stores`` keys them ``<split>_store``: a
@@ -87,12 +98,15 @@ class DetectorModule(pl.LightningModule):
         return self.store(split).evaluate()
 
     def store_batch(self, split: str, batch: Batch) -> list[VideoDetections]:
-        """Detect the batch's videos and add them, with their ground truth, to ``split``'s
-        store; returns the detections."""
+        """Detect the batch's videos (fused with the video-level class scores, when the run
+        has them) and add them, with their ground truth, to ``split``'s store; returns the
+        detections."""
         truths = [
             m.get("ground_truth") or VideoGroundTruth.empty(m["video_id"]) for m in batch.meta
         ]
         detections = self.detect(batch)
+        if self.video_fusion is not None:
+            detections = [self.video_fusion(d) for d in detections]
         self.store(split).update(detections, truths)
         return detections
 
@@ -138,10 +152,44 @@ class DetectorModule(pl.LightningModule):
     def on_predict_epoch_end(self) -> None:
         self.evaluation("predict")  # every process takes part in the gather
 
+    # ------------------------------------------------------- the features record
+    features: dict[str, Any] | None = None
+
+    def record_features(self, record: Mapping[str, Any] | None) -> None:
+        """The features this module's data are (`SaladDataModule.features_record`: a
+        features.json's settings, or the config's geometry). Kept with the hyperparameters,
+        so that a checkpoint says which features it was trained on; a checkpoint whose
+        record differs is refused when loaded (:meth:`on_load_checkpoint`)."""
+        self.features = dict(record) if record is not None else None
+        if self.features is not None:
+            self.hparams["features"] = self.features
+
+    def check_features(
+        self, saved: Mapping[str, Any] | None, where: str = "the checkpoint"
+    ) -> None:
+        """Refuse data made otherwise than the features ``saved`` (a checkpoint's record),
+        naming both and every setting that differs."""
+        wrong = record_mismatches(saved or {}, self.features or {})
+        if wrong:
+            raise ValueError(
+                f"{where} was trained on other features than this data's: trained on "
+                f"{saved['source']}, given {self.features['source']}:\n  "
+                + "\n  ".join(wrong)
+                + "\nMake the features with the checkpoint's settings (for video files, "
+                "mode=predict extracts them so), or use a checkpoint trained on these"
+            )
+
     # -------------------------------------------------------------- class names
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The checkpoint's class names (saved with the hyperparameters; older checkpoints
+        """The checkpoint's features record, which this data's must match (where both
+        have one), and its class names (saved with the hyperparameters; older checkpoints
         kept them under ``class_names``), which must be this data's when it has any."""
+        trainer = self._trainer
+        where = getattr(trainer, "ckpt_path", None) if trainer is not None else None
+        self.check_features(
+            checkpoint.get("hyper_parameters", {}).get("features"),
+            f"the checkpoint {where}" if where else "the checkpoint",
+        )
         saved = checkpoint.get("hyper_parameters", {}).get("class_names")
         saved = saved or checkpoint.get("class_names")
         if not saved:

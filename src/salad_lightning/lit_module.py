@@ -22,6 +22,7 @@ from salad_lightning.detector import DetectorModule
 from salad_lightning.losses.criterion import SaladCriterion
 from salad_lightning.losses.frozen import FrozenAlpha
 from salad_lightning.models.postprocess import postprocess_batch
+from salad_lightning.models.video_fusion import VIDEO_FUSION_KEYS, VideoFusion
 from salad_lightning.training import make_training_step
 
 
@@ -39,13 +40,15 @@ class SaladLitModule(DetectorModule):
             the module is built. Saved in the checkpoint as a buffer, so test and predict
             use the training value.
         cls_pretrain_epochs: epochs that train the classification head alone (§4.2).
-        postprocess: keyword arguments of :func:`postprocess_batch` (fusion, NMS, top-k).
+        postprocess: keyword arguments of :func:`postprocess_batch` (fusion, NMS, top-k);
+            its video-level fusion keys (``video_*``) are the session's, which builds
+            ``video_fusion`` from them.
         frozen_alpha_path: ``.npz`` of per-video alpha written by a trained run
             (ablation ``pruning=frozen``).
         compile / cuda_graph / cuda_graph_*: the training-step strategy
             (:func:`~salad_lightning.training.make_training_step`; docs/design.md).
         tiou_thresholds, class_names, calibration_bins, calibration_tiou,
-        extra_tiou_thresholds, ground_truth_only: the evaluation's
+        extra_tiou_thresholds, ground_truth_only, video_fusion: the evaluation's
             (:class:`~salad_lightning.detector.DetectorModule`).
     """
 
@@ -65,6 +68,7 @@ class SaladLitModule(DetectorModule):
         calibration_tiou: float = 0.5,
         extra_tiou_thresholds: Sequence[float] = (),
         ground_truth_only: Mapping[str, Sequence[VideoGroundTruth]] | None = None,
+        video_fusion: VideoFusion | None = None,
         frozen_alpha_path: str | None = None,
         compile: bool = False,
         cuda_graph: bool = False,
@@ -79,16 +83,20 @@ class SaladLitModule(DetectorModule):
             calibration_tiou=calibration_tiou,
             extra_tiou_thresholds=extra_tiou_thresholds,
             ground_truth_only=ground_truth_only,
+            video_fusion=video_fusion,
         )
         self.save_hyperparameters(
-            ignore=["net", "loss", "optimizer", "scheduler", "ground_truth_only"], logger=False
+            ignore=["net", "loss", "optimizer", "scheduler", "ground_truth_only", "video_fusion"],
+            logger=False,
         )
         self.net = net
         self.criterion = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.cls_pretrain_epochs = int(cls_pretrain_epochs)
-        self.postprocess_kwargs = dict(postprocess or {})
+        self.postprocess_kwargs = {
+            k: v for k, v in (postprocess or {}).items() if k not in VIDEO_FUSION_KEYS
+        }
         self.training_step_strategy = make_training_step(
             net,
             loss,
@@ -189,8 +197,11 @@ class SaladLitModule(DetectorModule):
         return bool(every) and ((step + 1) % every == 0 or self.trainer.should_stop)
 
     # -------------------------------------------------------------- evaluation
-    def detect(self, batch: Batch) -> list[VideoDetections]:
-        """Each video's detections: proposals, score fusion, NMS (docs/method.md §5)."""
+    def detect(
+        self, batch: Batch, postprocess: dict[str, Any] | None = None
+    ) -> list[VideoDetections]:
+        """Each video's detections: proposals, score fusion, NMS (docs/method.md §5), with
+        the run's post-processing or ``postprocess``."""
         out, segments = self.net.proposals(batch.features, batch.lengths_host, self.max_offset)
         return postprocess_batch(
             segments=segments,
@@ -201,5 +212,27 @@ class SaladLitModule(DetectorModule):
             offset=batch.offset,
             duration=batch.duration,
             video_ids=[m["video_id"] for m in batch.meta],
-            **self.postprocess_kwargs,
+            **(self.postprocess_kwargs if postprocess is None else postprocess),
         )
+
+    def proposal_settings(self, top_k: int = 800) -> dict[str, Any]:
+        """The post-processing of :meth:`proposals`: the run's, made class-agnostic."""
+        return {
+            **self.postprocess_kwargs,
+            "fusion": "regression",
+            "nms": "soft",
+            "class_agnostic": True,
+            "min_score": 0.0,
+            "max_segments": int(top_k),
+            "pre_nms_topk": None,
+            "top_k": None,
+        }
+
+    def proposals(self, batch: Batch, top_k: int = 800) -> list[VideoDetections]:
+        """Class-agnostic proposals for a second stage: every step's segment with SALAD's
+        own score p_t (no fusion with the class confidence), class-agnostic soft-NMS with
+        the run's NMS settings (its ``nms_method``, ``sigma``, ``iou_threshold``; soft even
+        where the run's evaluation takes no NMS), no score floor, the ``top_k`` best per
+        video (:meth:`proposal_settings`). Their labels are the classification head's and
+        are not used."""
+        return self.detect(batch, self.proposal_settings(top_k))

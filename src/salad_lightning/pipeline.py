@@ -8,6 +8,7 @@ sees a config object.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -15,10 +16,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
+from tqdm import tqdm
 
 from salad_lightning.data.report import format_report
 from salad_lightning.losses import frozen
+from salad_lightning.pgcn.data import SPLIT_FILES
+from salad_lightning.pgcn.proposals import VideoProposals, file_sha256, write_proposals
 from salad_lightning.session import (
     build_data,
     keep_csv_rows_before,
@@ -122,13 +126,45 @@ def validate(cfg: DictConfig) -> dict[str, float]:
 
 
 def predict(cfg: DictConfig) -> Path:
-    """Detections for a features folder or one ``.npy`` file, as an ActivityNet results JSON."""
+    """Detections for a features folder or one feature file, or for a video file or a
+    folder of videos (their features extracted first, with the checkpoint's settings,
+    into ``extract.out``): ``results.json`` (ActivityNet's results format), and in the run
+    folder ``detections.csv``, a subtitle file and a timeline per video."""
     ckpt = _require_ckpt(cfg, "predict")
+    _features_of_videos(cfg, ckpt)
     with session(cfg, ckpt=ckpt, stages=["predict"]) as run:
         run.trainer.predict(
             run.model, datamodule=run.datamodule, ckpt_path=ckpt, return_predictions=False
         )
         return run.writer.predict_path
+
+
+def _features_of_videos(cfg: DictConfig, ckpt: str) -> None:
+    """When ``dataset.datamodule.predict_path`` names videos, extract their features as
+    the checkpoint's were made and predict on those instead (`video_predict`)."""
+    node = cfg.dataset.datamodule
+    target = node.get("predict_path")
+    if target is None:
+        return
+    from salad_lightning import video_predict  # the extractor, only for videos
+
+    if not video_predict.is_video_input(target, feature_ext=str(node.get("ext", ".npy"))):
+        return
+    options = cfg.get("extract") or {}
+    features = video_predict.extract_for_checkpoint(
+        video_predict.checkpoint_features(ckpt),
+        target,
+        options.get("out") or Path(cfg.paths.output_dir) / "features",
+        ckpt=ckpt,
+        rgb_weights=options.get("rgb_weights"),
+        flow_weights=options.get("flow_weights"),
+        device=options.get("device"),
+        workers=int(options.get("workers", 2)),
+        batch_size=int(options.get("batch_size", 8)),
+        progress=bool(options.get("progress", True)),
+    )
+    with open_dict(cfg):
+        node.predict_path = str(features)
 
 
 def export_alpha(cfg: DictConfig) -> Path:
@@ -149,6 +185,57 @@ def export_alpha(cfg: DictConfig) -> Path:
     frozen.save_frozen_alpha(path, alphas)
     log.info("wrote alpha of %d videos to %s", len(alphas), path.resolve())
     return path
+
+
+def proposals(cfg: DictConfig) -> Path:
+    """``mode=proposals``: a checkpoint's class-agnostic proposals for every split of its
+    data (train: every training video whole; val: the holdout; test; predict when
+    ``predict_path`` is set), the ``proposal_top_k`` best per video, in seconds, written
+    atomically to ``<the checkpoint's run folder>/proposals/<split>.json`` (or
+    ``proposal_output``) with the checkpoint and the settings that made them."""
+    ckpt = _require_ckpt(cfg, "proposals")
+    h = cfg.dataset.datamodule
+    stages = ["fit"] + (["test"] if h.get("test_subset") is not None else [])
+    stages += ["predict"] if h.get("predict_path") is not None else []
+    datamodule, model, out_dir = prepare(cfg, ckpt, stages)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["state_dict"])
+    model.on_load_checkpoint(state)
+    run_dir = Path(ckpt).resolve().parent.parent
+    first = run_dir if (run_dir / "config_resolved.yaml").is_file() else out_dir
+    folder = Path(cfg.proposal_output) if cfg.get("proposal_output") else first / "proposals"
+    top_k = int(cfg.get("proposal_top_k", 800))
+    annotation = datamodule.hparams.annotation_file
+    made_by = {
+        "checkpoint": str(Path(ckpt).resolve()),
+        "checkpoint_sha256": file_sha256(ckpt),
+        "dataset": str(cfg.dataset.get("name", "")),
+        "annotation_file": str(Path(annotation).resolve()) if annotation else None,
+        "settings": {"proposal_top_k": top_k, **model.proposal_settings(top_k)},
+    }
+    device = torch.device(
+        "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+    )
+    model.to(device).eval()
+    loaders = {
+        "train": datamodule.whole_train_dataloader(),
+        "val": datamodule.val_dataloader(),
+        "test": datamodule.test_dataloader() if "test" in stages else [],
+        "predict": datamodule.predict_dataloader() if "predict" in stages else [],
+    }
+    for split, loader in loaders.items():
+        if isinstance(loader, list):  # no such split here
+            continue
+        found = {}
+        with torch.no_grad():
+            for batch in tqdm(loader, desc=f"proposals ({split})", unit="batch"):
+                for video in model.proposals(batch.to(device), top_k=top_k):
+                    found[video.video_id] = VideoProposals(
+                        video.video_id, video.segments, video.scores
+                    )
+        path = write_proposals(folder / SPLIT_FILES[split], found, {**made_by, "split": split})
+        log.info("%s: proposals of %d videos in %s", split, len(found), path.resolve())
+    return folder
 
 
 def check(cfg: DictConfig) -> dict[str, Any]:
@@ -175,11 +262,29 @@ MODES = {
     "validate": validate,
     "predict": predict,
     "export_alpha": export_alpha,
+    "proposals": proposals,
 }
+
+
+def finished(cfg: DictConfig) -> Path | None:
+    """What a finished run of this mode left in its folder (``metrics.json`` of train,
+    test and validate, the alpha of export_alpha), if it is there."""
+    mode = cfg.get("mode", "train")
+    if mode in ("train", "test", "validate"):
+        path = Path(cfg.paths.output_dir) / "metrics.json"
+    elif mode == "export_alpha" and cfg.get("alpha_output"):
+        path = Path(cfg.alpha_output)
+    else:
+        return None
+    return path if path.is_file() else None
 
 
 def run(cfg: DictConfig) -> Any:
     mode = cfg.get("mode", "train")
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {sorted(MODES)}")
+    done = finished(cfg) if cfg.get("skip_finished") else None
+    if done is not None:  # a sweep resumed: this job finished before
+        log.info("skip_finished: %s is there; this job is not run again", done)
+        return json.loads(done.read_text()) if done.suffix == ".json" else done
     return MODES[mode](cfg)

@@ -267,7 +267,7 @@ def write_plots(
             plot_timeline(video, truths[i], class_names, path, true_positive=flags,
                           ap=float(aps[i]), caption=caption, tiou=tiou)  # fmt: skip
             images[f"timeline/{video.video_id}"] = path
-    if evaluation.num_detections:
+    if evaluation.num_detections and evaluation.scores_are_probabilities:
         path = out_dir / "reliability.png"
         plot_reliability(evaluation.confidences, evaluation.correct, path, n_bins=evaluation.n_bins)
         images["calibration/reliability"] = path

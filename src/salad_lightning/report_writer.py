@@ -10,7 +10,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from salad_lightning.reporting import results_json, summarise, write_report
+from salad_lightning.reporting import results_json, summarise, write_predictions, write_report
 from salad_lightning.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,9 @@ class ReportWriter(pl.Callback):
     """After a test epoch: `write_report` of the module's test result on rank zero (the
     run folder's report), and its summary on every rank (:attr:`summary`, what the
     pipeline writes to ``metrics.json``). After a predict epoch: ``results.json`` at
-    ``predict_path`` (default: the run folder's).
+    ``predict_path`` (default: the run folder's), and in the run folder
+    ``detections.csv``, ``subtitles/<video>.srt`` and ``plots/timeline_<video>.png``
+    (`write_predictions`).
 
     The module offers ``evaluation(split)`` (its store's result, matched once) and
     ``class_names`` (`salad_lightning.detector.DetectorModule`). ``diagnosis``,
@@ -64,9 +66,14 @@ class ReportWriter(pl.Callback):
         evaluation = pl_module.evaluation("predict")
         if trainer.is_global_zero:
             names = list(pl_module.class_names or [])
-            atomic_write_json(self.predict_path, results_json(evaluation.videos(), names))
+            videos = evaluation.videos()
+            atomic_write_json(self.predict_path, results_json(videos, names))
+            durations = dict(zip(evaluation.video_ids, evaluation.durations.tolist()))
+            write_predictions(videos, names, self.out_dir, durations=durations)
             log.info(
-                "wrote %d videos' detections to %s",
+                "wrote %d videos' detections to %s, and detections.csv, subtitles/ and "
+                "plots/ to %s",
                 len(evaluation.video_ids),
                 self.predict_path.resolve(),
+                self.out_dir.resolve(),
             )

@@ -3,14 +3,18 @@
 `write_report` is the one writer: from an `Evaluation` (the evaluation store's result,
 matched once) it writes ``results.json``, ``per_class_ap.md``, the plots, DETAD's
 diagnosis and the loggers' tables and figures, and returns the summary that becomes
-``metrics.json``. The Lightning callback that calls it after a test or predict epoch is
-`salad_lightning.report_writer.ReportWriter`. The functions here are usable on their own
-(the evaluation command writes its diagnosis with `write_diagnosis`), and import neither
-torch nor Lightning. Nothing below this layer draws or writes a report file.
+``metrics.json``. After a prediction, `write_predictions` writes what a user of the
+detections reads without ground truth: ``detections.csv``, one ``.srt`` subtitle file
+and one timeline per video. The Lightning callback that calls them after a test or
+predict epoch is `salad_lightning.report_writer.ReportWriter`. The functions here are
+usable on their own (the evaluation command writes its diagnosis with
+`write_diagnosis`), and import neither torch nor Lightning. Nothing below this layer draws or writes a report file.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -19,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from salad_lightning import plots
+from salad_lightning import plots, prediction_plots
 from salad_lightning.data.detections import VideoDetections
 from salad_lightning.metrics.diagnosis import Diagnosis, diagnose
 from salad_lightning.metrics.evaluation import Evaluation
@@ -63,7 +67,19 @@ def map_table(summary: dict[str, Any]) -> str:
         summary.get(f"{split}/mAP", math.nan) * 100
     ]
     row = "| " + " | ".join(f"{v:.2f}" for v in vals) + " |"
-    return f"{split} mAP (%)\n{head}\n{sep}\n{row}"
+    return f"{split} mAP (%){_fusion_title(summary.get('video_fusion'))}\n{head}\n{sep}\n{row}"
+
+
+def _fusion_title(fusion: Mapping[str, Any] | None) -> str:
+    """The table title's note of a video-level classifier fusion (none: SALAD's labels)."""
+    if not fusion:
+        return ""
+    how = f"{fusion['mode']}, k={fusion['k']}" if fusion.get("k") else fusion["mode"]
+    return (
+        f", video-level classifier fusion ({how}, {fusion['combine']}) with "
+        f"{Path(fusion['file']).name}: {fusion['videos_without_scores']} of "
+        f"{fusion['videos']} videos without scores"
+    )
 
 
 def per_class_markdown(summary: dict[str, Any]) -> str:
@@ -105,6 +121,147 @@ def results_json(
             if (name := _class_name(class_names, lab)) is not None
         ]
     return {"version": "salad-lightning", "results": results, "external_data": {}}
+
+
+# --- predictions without ground truth: a table, subtitles, timelines ---------------------
+
+# What the subtitles of a video show (`subtitle_detections`): its best detections, not all
+# 200 that soft-NMS keeps. Scores under SRT_MIN_SCORE are left out, then a detection that
+# overlaps a better one of its class (a soft-NMS duplicate), then all but the best
+# SRT_MAX_DETECTIONS; at any moment at most SRT_MAX_LINES of them are on screen.
+SRT_MIN_SCORE = 0.1
+SRT_MAX_DETECTIONS = 10
+SRT_MAX_LINES = 3
+# a prediction over a large folder draws the timelines of the first videos (by id) only
+MAX_PREDICT_TIMELINES = 50
+
+
+def _label(class_names: Sequence[str | None], c: int) -> str:
+    name = _class_name(class_names, c)
+    return name if name is not None else str(c)
+
+
+def detections_csv(videos: Sequence[VideoDetections], class_names: Sequence[str | None]) -> str:
+    """``video,start,end,label,score``: one row per detection, videos by id, each video's
+    detections by start time (then by score, best first); seconds to the millisecond,
+    scores to 4 decimals (``results.json`` has them at full precision)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["video", "start", "end", "label", "score"])
+    for video in sorted(videos, key=lambda v: v.video_id):
+        order = np.lexsort((-video.scores, video.segments[:, 0]))
+        for k in order:
+            a, b = video.segments[k]
+            writer.writerow(
+                [video.video_id, f"{a:.3f}", f"{b:.3f}",
+                 _label(class_names, int(video.labels[k])), f"{video.scores[k]:.4f}"]
+            )  # fmt: skip
+    return buffer.getvalue()
+
+
+def srt_timestamp(seconds: float) -> str:
+    """SubRip's ``HH:MM:SS,mmm`` (rounded to the millisecond)."""
+    ms = max(0, int(round(float(seconds) * 1000)))
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d},{ms:03d}"
+
+
+def subtitle_detections(
+    video: VideoDetections,
+    *,
+    min_score: float = SRT_MIN_SCORE,
+    max_detections: int = SRT_MAX_DETECTIONS,
+) -> list[int]:
+    """The detections a video's subtitles show, best first: score >= ``min_score``, not
+    overlapping a better one of the same class, at most ``max_detections``."""
+    kept: list[int] = []
+    for k in np.argsort(-video.scores, kind="stable"):
+        if video.scores[k] < min_score or len(kept) == max_detections:
+            break
+        a, b = video.segments[k]
+        if any(
+            video.labels[j] == video.labels[k]
+            and min(b, video.segments[j, 1]) > max(a, video.segments[j, 0])
+            for j in kept
+        ):
+            continue
+        kept.append(int(k))
+    return kept
+
+
+def srt_cues(
+    video: VideoDetections,
+    class_names: Sequence[str | None],
+    *,
+    min_score: float = SRT_MIN_SCORE,
+    max_detections: int = SRT_MAX_DETECTIONS,
+    max_lines: int = SRT_MAX_LINES,
+) -> list[tuple[int, int, list[str]]]:
+    """``(start_ms, end_ms, lines)`` of a video's subtitles: the `subtitle_detections`
+    cut at every start and end into cues that do not overlap (a player shows one at a
+    time), each with a line ``label (score)`` for each detection it lies in, best first, at
+    most ``max_lines``; neighbouring cues with the same lines are one."""
+    kept = subtitle_detections(video, min_score=min_score, max_detections=max_detections)
+    ms = {k: [int(round(1000 * float(t))) for t in video.segments[k]] for k in kept}
+    bounds = sorted({t for k in kept for t in ms[k]})
+    cues: list[tuple[int, int, list[str]]] = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        on = [k for k in kept if ms[k][0] <= a and b <= ms[k][1]][:max_lines]  # best first
+        if not on:
+            continue
+        lines = [f"{_label(class_names, int(video.labels[k]))} ({video.scores[k]:.2f})" for k in on]
+        if cues and cues[-1][1] == a and cues[-1][2] == lines:
+            cues[-1] = (cues[-1][0], b, lines)
+        else:
+            cues.append((a, b, lines))
+    return cues
+
+
+def srt_text(cues: Sequence[tuple[int, int, Sequence[str]]]) -> str:
+    """SubRip text of ``(start_ms, end_ms, lines)`` cues, numbered from 1."""
+    blocks = [
+        f"{i}\n{srt_timestamp(a / 1000)} --> {srt_timestamp(b / 1000)}\n" + "\n".join(lines) + "\n"
+        for i, (a, b, lines) in enumerate(cues, start=1)
+    ]
+    return "\n".join(blocks)
+
+
+def write_predictions(
+    videos: Sequence[VideoDetections],
+    class_names: Sequence[str | None],
+    out_dir: str | Path,
+    *,
+    durations: Mapping[str, float] | None = None,
+    max_timelines: int = MAX_PREDICT_TIMELINES,
+) -> dict[str, Path]:
+    """What a prediction leaves besides ``results.json``, in ``out_dir``:
+    ``detections.csv`` (`detections_csv`), ``subtitles/<video>.srt`` (`srt_cues`: the best
+    detections over the video, for a player to show) and ``plots/timeline_<video>.png``
+    (the best detections by score, coloured by class; the first ``max_timelines`` videos
+    by id). ``durations``: each video's seconds, the timelines' extent. Returns name ->
+    path."""
+    out_dir = Path(out_dir)
+    table = detections_csv(videos, class_names)
+    paths = {"csv": atomic_write_text(out_dir / "detections.csv", table)}
+    ordered = sorted(videos, key=lambda v: v.video_id)
+    for video in ordered:
+        text = srt_text(srt_cues(video, class_names))
+        paths[f"srt/{video.video_id}"] = atomic_write_text(
+            out_dir / "subtitles" / f"{video.video_id}.srt", text
+        )
+    for video in ordered[:max_timelines]:
+        path = out_dir / "plots" / f"timeline_{video.video_id}.png"
+        duration = (durations or {}).get(video.video_id)
+        prediction_plots.plot_detections(video, class_names, path, duration=duration)
+        paths[f"timeline/{video.video_id}"] = path
+    if len(ordered) > max_timelines:
+        log.info(
+            "timelines of the first %d of %d videos (by id) in %s",
+            max_timelines, len(ordered), out_dir / "plots",
+        )  # fmt: skip
+    return paths
 
 
 def diagnosis_scalars(diagnosis, split: str) -> dict[str, float]:
@@ -172,6 +329,7 @@ def write_report(
     loggers: Sequence[Any] = (),
     step: int = 0,
     min_score: float | None = None,
+    video_fusion: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the report of ``evaluation`` into ``out_dir``; returns its summary
     (``metrics.json``'s content).
@@ -181,10 +339,13 @@ def write_report(
     with ``diagnosis`` = `diagnose`'s thresholds and bins; None: none), the loggers'
     images, per-class table and diagnosis scalars (at ``step``); the mAP table goes to
     the console and ``run.log``. ``min_score``: the post-processing's score floor, named
-    when nothing was detected.
+    when nothing was detected. ``video_fusion``: the video-level classifier fusion that
+    made the detections (`VideoFusion.describe`), in the summary and the table's title.
     """
     out_dir = Path(out_dir)
     summary = summarise(evaluation, class_names)
+    if video_fusion is not None:
+        summary["video_fusion"] = dict(video_fusion)
     _say_if_nothing_was_detected(evaluation, min_score)
     atomic_write_json(out_dir / "results.json", results_json(evaluation.videos(), class_names))
     atomic_write_text(out_dir / "per_class_ap.md", per_class_markdown(summary))

@@ -27,6 +27,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from salad_lightning.config import last_checkpoint  # (importing it registers the resolvers)
 from salad_lightning.metrics.diagnosis import Bins
+from salad_lightning.models.video_fusion import VideoFusion, load_video_fusion
 from salad_lightning.report_writer import ReportWriter
 from salad_lightning.utils.instantiate import build, build_list
 from salad_lightning.utils.io import atomic_write_json, atomic_write_text
@@ -34,8 +35,9 @@ from salad_lightning.utils.loggers import closing_loggers, override_key
 
 log = logging.getLogger(__name__)
 
-# keys that may differ between an interrupted run and its resumption
-RESUMABLE_CHANGES = ("resume", "ckpt_path", "trainer.max_epochs", "paths", "mode")
+# keys that may differ between an interrupted run and its resumption (extract: predicting
+# on videos only)
+RESUMABLE_CHANGES = ("resume", "ckpt_path", "trainer.max_epochs", "paths", "mode", "extract")
 
 
 def command_line_keys() -> set[str]:
@@ -71,6 +73,8 @@ def net_from_checkpoint(cfg: DictConfig, ckpt: str) -> None:
     for key, value in saved.items():
         if key not in net or _plain(net[key]) == value:
             continue
+        if key == "input_dim" and net[key] is None:
+            continue  # the data's own (a features.json); its features record is checked
         if key in data_keys:
             clashes.append(
                 f"{data_keys[key]} (the checkpoint's network takes {value}, found {net[key]})"
@@ -204,6 +208,7 @@ def prepare(
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     if ckpt is not None:
         net_from_checkpoint(cfg, ckpt)
+    adopt_first_stage(cfg)
     datamodule, out_dir = build_data(cfg)
     if stages:
         preflight(datamodule, stages, out_dir)
@@ -213,22 +218,127 @@ def prepare(
     return datamodule, model, out_dir
 
 
+FIRST_STAGE_FILES = ("config_resolved.yaml", "metrics.json", "checkpoints/last.ckpt")
+
+
+def adopt_first_stage(cfg: DictConfig) -> None:
+    """``proposals=RUN``: a second stage runs on its first stage's data. RUN must be a
+    finished run folder (its resolved config, test metrics and last checkpoint) with
+    proposals (``RUN/proposals/``, ``mode=proposals``); ``cfg.dataset`` becomes RUN's,
+    with this command line's ``dataset.*`` overrides on top. Paths in RUN's config that
+    are relative to the folder RUN was started from (its ``.hydra/hydra.yaml``) are made
+    absolute, so the second stage may start elsewhere."""
+    if not cfg.get("proposals"):
+        return
+    run = Path(str(cfg.proposals))
+    if not run.is_dir():
+        raise FileNotFoundError(f"proposals={run}: no such run folder")
+    missing = [f for f in FIRST_STAGE_FILES if not (run / f).is_file()]
+    if missing:
+        raise ValueError(
+            f"proposals={run}: not a finished first-stage run (no {', '.join(missing)}); give "
+            "the folder of a `python -m salad_lightning.run` run that trained and tested"
+        )
+    if not any((run / "proposals").glob("*.json")):
+        raise FileNotFoundError(
+            f"proposals={run}: no proposals in {run / 'proposals'}; write them with "
+            f"`python -m salad_lightning.run mode=proposals ckpt_path={run}/checkpoints/last.ckpt` "
+            "(and the first stage's overrides)"
+        )
+    saved = yaml.safe_load((run / "config_resolved.yaml").read_text())
+    if "dataset" not in saved or "datamodule" not in saved["dataset"]:
+        raise ValueError(f"proposals={run}: its config_resolved.yaml has no dataset.datamodule")
+    dataset = OmegaConf.create(_absolute_paths(saved["dataset"], _started_in(run)))
+    for key in sorted(k for k in command_line_keys() if k.startswith("dataset.")):
+        OmegaConf.update(dataset, key[len("dataset.") :], _plain(OmegaConf.select(cfg, key)))
+    with open_dict(cfg):
+        cfg.dataset = dataset
+    log.info("the data of the first stage %s: dataset %s", run, dataset.get("name"))
+
+
+def _started_in(run: Path) -> Path | None:
+    """The folder a Hydra run was started from (``.hydra/hydra.yaml``), if it says."""
+    path = run / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return None
+    cwd = (yaml.safe_load(path.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("cwd")
+    return Path(cwd) if cwd else None
+
+
+def _absolute_paths(node: Any, base: Path | None) -> Any:
+    """``node`` with its relative paths that exist under ``base`` made absolute."""
+    if isinstance(node, dict):
+        return {k: _absolute_paths(v, base) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_absolute_paths(v, base) for v in node]
+    if base is not None and isinstance(node, str) and node and not Path(node).is_absolute():
+        if "/" in node and (base / node).exists():
+            return str((base / node).resolve())
+    return node
+
+
 def build_model(cfg: DictConfig, datamodule: Any, stages: Sequence[str] = ()) -> Any:
     """``cfg.model`` built with the facts of its data (`SaladDataModule.facts`): the class
-    names, the videos without features of the evaluated splits, ``max_offset`` when the
-    config leaves it null and the run fits, and the diagnosis' thresholds for the stores
-    to match at."""
+    names, the videos without features of the evaluated splits, what the data computes
+    for the model when the run fits (SALAD's ``max_offset``) where the config leaves the
+    key null, and the diagnosis' thresholds for the stores to match at."""
     facts = datamodule.facts(stages)
     given: dict[str, Any] = {
         "class_names": list(facts.class_names) if facts.class_names is not None else None,
         "ground_truth_only": facts.ground_truth_only,
     }
-    if "max_offset" in cfg.model and cfg.model.max_offset is None and facts.max_offset:
-        given["max_offset"] = facts.max_offset
+    for key, value in facts.model_inputs.items():
+        if key in cfg.model and cfg.model[key] is None and value is not None:
+            given[key] = value
     diagnosis = diagnosis_options(cfg.get("diagnosis"))
     if diagnosis is not None:
         given["extra_tiou_thresholds"] = diagnosis["tiou_thresholds"]
-    return build(cfg.model, **given)
+    fusion = load_video_fusion(_video_fusion_node(cfg), given["class_names"])
+    if fusion is not None:  # read and checked once, here; the module gets the scores
+        given["video_fusion"] = fusion
+        _name_videos_without_scores(fusion, datamodule)
+    record = facts.features
+    if record and record.get("feature_dim") and _left_null(cfg.dataset, "feature_dim"):
+        with open_dict(cfg):  # dataset=extracted: the width its features.json gives
+            cfg.dataset.feature_dim = int(record["feature_dim"])
+    model = build(cfg.model, **given)
+    if hasattr(model, "record_features"):  # the checkpoint says which features it learnt on
+        model.record_features(record)
+    return model
+
+
+def _video_fusion_node(cfg: DictConfig) -> Any:
+    """The post-processing node with the fusion keys: the model's (SALAD reads
+    ``model.postprocess``, which may be overridden on its own), else the group's."""
+    for node in (cfg.model.get("postprocess"), cfg.get("postprocess")):
+        if node is not None and "video_scores" in node:
+            return node
+    return None
+
+
+def _split_video_ids(datamodule: Any, split: str) -> list[str]:
+    """The video ids of a split the datamodule has built (none when it has not)."""
+    dataset = getattr(datamodule, "datasets", {}).get(split)
+    return list(dataset.video_ids) if dataset is not None else []
+
+
+def _name_videos_without_scores(fusion: VideoFusion, datamodule: Any) -> None:
+    """Warn, naming them, about the evaluated videos the scores file does not score: they
+    keep the model's own classification (the test split's are counted in metrics.json)."""
+    for split in ("val", "test", "predict"):
+        ids = _split_video_ids(datamodule, split)
+        missing = fusion.scores.without_scores(ids)
+        if missing and rank_zero_only.rank == 0:
+            log.warning(
+                "postprocess.video_scores: %d of the %d %s videos have no scores in %s; they "
+                "keep the model's own classification: %s%s",
+                len(missing), len(ids), split, fusion.scores.source, missing[:10],
+                " ..." if len(missing) > 10 else "",
+            )  # fmt: skip
+
+
+def _left_null(node: Any, key: str) -> bool:
+    return key in node and not OmegaConf.is_missing(node, key) and node[key] is None
 
 
 def build_data(cfg: DictConfig) -> tuple[Any, Path]:
@@ -238,7 +348,8 @@ def build_data(cfg: DictConfig) -> tuple[Any, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.dataset.get("generate") is not None:
         build(cfg.dataset.generate)
-    return build(cfg.dataset.datamodule), out_dir
+    node = cfg.get("datamodule") or cfg.dataset.datamodule  # a second stage wraps the dataset's
+    return build(node), out_dir
 
 
 def make_trainer(
@@ -287,6 +398,9 @@ def session(
         predict_path=cfg.get("predict_output"),
         min_score=cfg.get("postprocess", {}).get("min_score"),
     )
+    fusion = getattr(model, "video_fusion", None)
+    if fusion is not None:  # the report (metrics.json, the table) says which fusion made it
+        writer.options["video_fusion"] = fusion.describe(_split_video_ids(datamodule, "test"))
     trainer, loggers = make_trainer(cfg, fitting=fitting, callbacks=[writer])
     with closing_loggers(loggers):
         yield Run(datamodule, model, trainer, loggers, writer, out_dir)

@@ -11,9 +11,10 @@ batches, for every stage. Build the ``Trainer`` with ``use_distributed_sampler=F
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from salad_lightning.data.dataset import (
     video_mapping,
 )
 from salad_lightning.data.detections import VideoGroundTruth
+from salad_lightning.data.extracted import ExtractedFolder, config_record, read_extracted
 from salad_lightning.data.features import FeatureSource
 from salad_lightning.data.preflight import FileProblem, check_split
 from salad_lightning.data.report import SplitData, build_report, summary_line
@@ -43,15 +45,29 @@ from salad_lightning.data.sampler import BucketBatchSampler
 log = logging.getLogger(__name__)
 PREFLIGHT_MODES = ("full", "headers")
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+# geometry: "auto" reads a feature folder's features.json (salad-extract) when it has one;
+# "config" takes stride, window, fps and feature_dim from the arguments alone
+GEOMETRY_MODES = ("auto", "config")
+# stride and window when neither the arguments nor a features.json give them: THUMOS14's
+# layout in ActionFormer's I3D release
+DEFAULT_STRIDE, DEFAULT_WINDOW = 4, 16
 
 
 @dataclass(frozen=True)
 class DataFacts:
-    """What a model is built with from its data (:meth:`SaladDataModule.facts`)."""
+    """What a model is built with from its data (:meth:`SaladDataModule.facts`).
+
+    ``model_inputs``: values the data computes for the model when a run fits (SALAD's
+    ``max_offset``: the longest training ground truth in steps); the session gives each
+    to the model when its config leaves the key null.
+    """
 
     class_names: tuple[str, ...] | None  # None: the data does not name its classes
-    max_offset: int | None  # the longest training ground truth in steps (fitting only)
     ground_truth_only: dict[str, tuple[VideoGroundTruth, ...]]  # per split: no features
+    model_inputs: dict[str, Any] = field(default_factory=dict)
+    # the features the stages read: their features.json's settings, or the config's geometry
+    # (`SaladDataModule.features_record`); a checkpoint keeps it
+    features: dict[str, Any] | None = None
 
 
 def holdout_split(
@@ -81,8 +97,17 @@ class SaladDataModule(pl.LightningDataModule):
 
     ``predict_path``: a folder of feature files or one file, predicted whole; each
     video's duration and fps come from the annotation file when it lists the video,
-    else from the feature length: ``T * stride / default_fps``. Without it, predict
-    runs over every file of ``feature_dir`` (``rgb_dir``).
+    else from the folder's features.json, else from the feature length:
+    ``T * stride / default_fps``. Without it, predict runs over every file of
+    ``feature_dir`` (``rgb_dir``).
+
+    ``geometry``: ``"auto"`` (default) reads ``features.json`` in ``feature_dir`` (and in
+    the predict folder) when there is one (``salad-extract`` writes it,
+    ``data/extracted.py``): fps, stride, window and feature_dim come from it, every
+    video's time mapping uses the extraction's fps (the annotation file's per-video
+    ``fps`` is the source video's rate, not the features'), and an argument that
+    contradicts the file is an error naming both. ``stride`` / ``window`` left None
+    are the file's, else 4 / 16. ``"config"``: the arguments alone, as without the file.
     """
 
     def __init__(
@@ -101,8 +126,8 @@ class SaladDataModule(pl.LightningDataModule):
         val_holdout: float = 0.1,
         split_seed: int = 0,
         test_subset: str | list[str] | None = "Test",
-        stride: int = 4,
-        window: int = 16,
+        stride: int | None = None,
+        window: int | None = None,
         default_fps: float | None = None,
         downsample: int = 1,
         resize_to: int | None = None,
@@ -119,12 +144,17 @@ class SaladDataModule(pl.LightningDataModule):
         preflight: str = "full",
         class_index_file: str | None = None,
         predict_path: str | None = None,
+        geometry: str = "auto",
         seed: int = 0,
     ) -> None:
         super().__init__()
         if preflight not in PREFLIGHT_MODES:
             raise ValueError(
                 f"dataset.datamodule.preflight must be one of {PREFLIGHT_MODES}, found {preflight!r}"
+            )
+        if geometry not in GEOMETRY_MODES:
+            raise ValueError(
+                f"dataset.datamodule.geometry must be one of {GEOMETRY_MODES}, found {geometry!r}"
             )
         self.save_hyperparameters(logger=False)
         self.source: FeatureSource | None = None
@@ -140,6 +170,7 @@ class SaladDataModule(pl.LightningDataModule):
         self._annotations: AnnotationSet | None = None
         self._class_index: ClassIndex | None = None
         self._feature_dim = feature_dim
+        self._extracted: dict[str, ExtractedFolder | None] = {}  # features.json per folder
         self.datasets: dict[str, TADDataset] = {}
         # set by the pre-flight: a split's missing or unreadable files are reported
         # together instead of stopping at the first
@@ -184,20 +215,117 @@ class SaladDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_index)
 
-    def _mapping_kwargs(self) -> dict[str, Any]:
+    # -- geometry: the arguments', or a feature folder's features.json -------------
+    def _folder_features(self, folder: str | None) -> ExtractedFolder | None:
+        """``folder``'s features.json (read once), checked against the arguments; None
+        when it has none or with ``geometry="config"``."""
+        if folder is None or self.hparams.geometry == "config":
+            return None
+        key = str(Path(folder).resolve())
+        if key not in self._extracted:
+            found = read_extracted(folder)
+            if found is not None:
+                self._check_arguments(found)
+                log.info(
+                    "%s: features at %g fps, stride %d, window %d, %d-d; every video's time "
+                    "mapping uses this fps (not the source videos')",
+                    found.path, found.fps, found.stride, found.window, found.feature_dim,
+                )  # fmt: skip
+            self._extracted[key] = found
+        return self._extracted[key]
+
+    def _check_arguments(self, found: ExtractedFolder) -> None:
+        """An argument that contradicts the file is an error naming both: the features were
+        made with the file's settings, so a typed value is a mistake (or another folder)."""
         h = self.hparams
-        keys = ("stride", "window", "default_fps", "downsample", "resize_to")
-        return {k: h[k] for k in keys}
+        given = [
+            ("dataset.datamodule.stride", h.stride, "stride", found.stride),
+            ("dataset.datamodule.window", h.window, "window", found.window),
+            ("dataset.datamodule.default_fps", h.default_fps, "fps", found.fps),
+            ("dataset.feature_dim", h.feature_dim, "feature_dim", found.feature_dim),
+        ]
+        wrong = [
+            f"{key}={mine} but {name} {theirs:g} in the file"
+            for key, mine, name, theirs in given
+            if mine is not None and float(mine) != float(theirs)
+        ]
+        if wrong:
+            raise ValueError(
+                f"{found.path} contradicts the config: " + "; ".join(wrong) + ". The features "
+                "were made with the file's settings: set these keys to null to take them from "
+                "it (dataset=extracted does), or set dataset.datamodule.geometry=config to "
+                "ignore the file"
+            )
+
+    def _geometry(self, folder: str | None) -> tuple[ExtractedFolder | None, dict[str, Any]]:
+        """``folder``'s features.json (None without one) and the time-mapping arguments of
+        its videos (`video_mapping`'s keywords): the file's geometry, else the arguments'."""
+        h = self.hparams
+        found = self._folder_features(folder)
+        if found is not None:
+            stride, window, fps = found.stride, found.window, found.fps
+        else:
+            stride = h.stride if h.stride is not None else DEFAULT_STRIDE
+            window = h.window if h.window is not None else DEFAULT_WINDOW
+            fps = h.default_fps
+        return found, {
+            "stride": stride,
+            "window": window,
+            "default_fps": fps,
+            "downsample": h.downsample,
+            "resize_to": h.resize_to,
+        }
+
+    @staticmethod
+    def _at_features_fps(videos: Sequence[VideoRecord], found: ExtractedFolder | None) -> list:
+        """The videos of an extracted folder map at the extraction's fps: the features are
+        at that rate whatever the source video's (the annotation file's ``fps``)."""
+        if found is None:
+            return list(videos)
+        return [v if v.fps == found.fps else dataclasses.replace(v, fps=found.fps) for v in videos]
+
+    def _predict_folder(self) -> str | None:
+        path = self.hparams.predict_path
+        if path is None:
+            return self.hparams.feature_dir
+        return str(Path(path).parent) if Path(path).is_file() else str(path)
+
+    def features_record(self, stages: Sequence[str] = ("fit",)) -> dict[str, Any]:
+        """What the features that ``stages`` read are (``predict``: the predict folder's;
+        otherwise ``feature_dir``'s): their features.json's settings with the file's path as
+        ``source``, else the arguments' geometry with ``source`` ``"config"`` and backbone
+        ``"unknown"`` (`~salad_lightning.data.extracted`). A checkpoint keeps it."""
+        h = self.hparams
+        folder = self._predict_folder() if "predict" in stages else h.feature_dir
+        found, geometry = self._geometry(folder)
+        if found is not None:
+            return found.record()
+        try:
+            dim: int | None = self.feature_dim
+        except (ValueError, OSError):  # no file to read it from (yet)
+            dim = None
+        return config_record(
+            fps=geometry["default_fps"],
+            stride=geometry["stride"],
+            window=geometry["window"],
+            feature_dim=dim,
+            resize_to=h.resize_to,
+        )
 
     @property
     def max_offset(self) -> int:
         """Longest training ground truth in feature steps, rounded up (docs/method.md §2 default W)."""
-        train, _ = self._train_val_records()
-        return max_gt_steps(train, [video_mapping(v, **self._mapping_kwargs()) for v in train])
+        found, geometry = self._geometry(self.hparams.feature_dir)
+        train = self._at_features_fps(self._train_val_records()[0], found)
+        return max_gt_steps(train, [video_mapping(v, **geometry) for v in train])
 
     @property
     def feature_dim(self) -> int:
         """C after RGB+flow concatenation (before any resampling)."""
+        if self._feature_dim is None:
+            found = self._folder_features(self.hparams.feature_dir)
+            if found is not None:
+                self._feature_dim = found.feature_dim
         if self._feature_dim is None:
             if self.datasets:
                 ds = next(iter(self.datasets.values()))
@@ -234,8 +362,11 @@ class SaladDataModule(pl.LightningDataModule):
         source = source or self.source
         if source is None:
             raise ValueError(f"{name}: set feature_dir (or rgb_dir and flow_dir)")
+        found, geometry = self._geometry(source.feature_dir)
+        if found is not None and source.feature_dim is None:
+            source = dataclasses.replace(source, feature_dim=found.feature_dim)
         return TADDataset(
-            videos,
+            self._at_features_fps(videos, found),
             source,
             training=training,
             max_seq_len=h.max_seq_len,
@@ -244,7 +375,7 @@ class SaladDataModule(pl.LightningDataModule):
             skip_missing=h.skip_missing,
             name=name,
             defer_file_errors=self._defer_file_errors,
-            **self._mapping_kwargs(),
+            **geometry,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -350,7 +481,8 @@ class SaladDataModule(pl.LightningDataModule):
             names = tuple(self.class_index.names)
         return DataFacts(
             class_names=names,
-            max_offset=self.max_offset if "fit" in stages else None,
+            model_inputs={"max_offset": self.max_offset} if "fit" in stages else {},
+            features=self.features_record(stages),
             ground_truth_only={
                 split: tuple(self.ground_truth_without_features(split))
                 for stage in stages
@@ -392,10 +524,13 @@ class SaladDataModule(pl.LightningDataModule):
                 "predict: no annotation file %s; durations from the features", h.annotation_file
             )
         known = self.annotations.videos if has_file else {}
+        found, geometry = self._geometry(src.feature_dir)
         records = []
         for vid in ids:
             if vid in known:
                 duration, fps = known[vid].duration, known[vid].fps
+            elif found is not None and vid in found.durations:  # the video's own length
+                duration, fps = found.durations[vid], found.fps
             else:
                 if h.resize_to is not None:
                     raise ValueError(
@@ -405,7 +540,7 @@ class SaladDataModule(pl.LightningDataModule):
                         "seconds. Add the video with its duration to the annotation file "
                         "(dataset.datamodule.annotation_file)"
                     )
-                if h.default_fps is None:
+                if geometry["default_fps"] is None:
                     raise ValueError(
                         f"predict: video {vid} is not in the annotation file; set "
                         "dataset.datamodule.default_fps=<frames per second> (and "
@@ -413,7 +548,7 @@ class SaladDataModule(pl.LightningDataModule):
                         "duration from its feature length"
                     )
                 t = src.scan_shape(vid) or src.load(vid).shape
-                duration, fps = t[0] * h.stride / h.default_fps, None
+                duration, fps = t[0] * geometry["stride"] / geometry["default_fps"], None
             records.append(
                 VideoRecord(vid, "predict", duration, fps, np.zeros((0, 2)), np.zeros(0, np.int64))
             )
@@ -447,10 +582,22 @@ class SaladDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", training=True)
 
-    def whole_train_dataloader(self, sample: int | None = None, seed: int = 0) -> DataLoader:
-        """Training videos whole (no crops), longest first: all of them (e.g. to export
-        per-video values), or a fixed sample of ``sample`` of those with features, drawn
-        with ``seed`` (a run's train fit is measured on it)."""
+    def whole_dataset(self, split: str, sample: int | None = None, seed: int = 0) -> TADDataset:
+        """``split``'s videos whole (no crops): ``train`` (all training videos, or a fixed
+        sample of ``sample`` of those with features, drawn with ``seed``), ``val``,
+        ``test`` or ``predict`` (built as ``setup`` builds them). A second stage reads its
+        videos from here."""
+        if split != "train":
+            stage = {"val": "validate", "test": "test", "predict": "predict"}.get(split)
+            if stage is None:
+                raise ValueError(
+                    f"whole_dataset: unknown split {split!r} (train, val, test, predict)"
+                )
+            if split not in self.datasets:
+                self.setup(stage)
+            if split not in self.datasets:
+                raise ValueError(f"whole_dataset: the data has no {split} split")
+            return self.datasets[split]
         name = "train_whole" if sample is None else f"train_sample_{sample}_{seed}"
         if name not in self.datasets:
             train, _ = self._train_val_records()
@@ -462,6 +609,14 @@ class SaladDataModule(pl.LightningDataModule):
                 chosen = {ids[i] for i in rng.permutation(len(ids))[: int(sample)]}
                 train = [v for v in train if v.video_id in chosen]
             self.datasets[name] = self._dataset(train, training=False, name="train")
+        return self.datasets[name]
+
+    def whole_train_dataloader(self, sample: int | None = None, seed: int = 0) -> DataLoader:
+        """Training videos whole (no crops), longest first: all of them (e.g. to export
+        per-video values), or a fixed sample of ``sample`` of those with features, drawn
+        with ``seed`` (a run's train fit is measured on it)."""
+        ds = self.whole_dataset("train", sample, seed)
+        name = next(k for k, v in self.datasets.items() if v is ds)
         return self._loader(name, training=False)
 
     def val_dataloader(self) -> DataLoader | list:

@@ -127,9 +127,20 @@ class Evaluation:
         """Whether each detection is a true positive at the calibration tIoU."""
         return self.matching.at([self.calibration_tiou]).tp[0]
 
+    @property
+    def scores_are_probabilities(self) -> bool:
+        """Whether every score lies in [0, 1] (SALAD's p_t does; P-GCN's product with
+        exp(completeness) need not): only then are the ECE and the reliability diagram
+        defined."""
+        c = self.confidences
+        return bool(((c >= 0) & (c <= 1)).all())
+
     @cached_property
     def ece(self) -> float:
-        """Expected calibration error of the scores against `correct` (NaN without detections)."""
+        """Expected calibration error of the scores against `correct` (NaN without
+        detections, or when the scores are not probabilities)."""
+        if not self.scores_are_probabilities:
+            return float("nan")
         return expected_calibration_error(self.confidences, self.correct, n_bins=self.n_bins)
 
     # -- per video ----------------------------------------------------------------

@@ -103,7 +103,8 @@ class PGCNNet(nn.Module):
     """P-GCN: features of N neighbourhoods -> the centres' activity, completeness, regression.
 
     ``activity_dim``: the activity feature's size (P-GCN: 1024, one I3D stream);
-    ``completeness_dim``: the completeness feature's (3 x that); ``num_classes``: K.
+    ``completeness_dim``: the completeness feature's (None: 3 x that, the start, course
+    and end parts); ``num_classes``: K.
     Defaults are P-GCN's: ``hidden=512``, ``gcn_dropout=0.7``, ``dropout=0.8``,
     ``num_children=4`` (21-node neighbourhoods).
     """
@@ -111,7 +112,7 @@ class PGCNNet(nn.Module):
     def __init__(
         self,
         activity_dim: int,
-        completeness_dim: int,
+        completeness_dim: int | None,
         num_classes: int,
         *,
         hidden: int = 512,
@@ -120,6 +121,7 @@ class PGCNNet(nn.Module):
         num_children: int = NUM_CHILDREN,
     ) -> None:
         super().__init__()
+        completeness_dim = 3 * activity_dim if completeness_dim is None else completeness_dim
         self.num_classes = num_classes
         self.activity_gcn = _GCN(activity_dim, hidden, gcn_dropout)
         self.completeness_gcn = _GCN(completeness_dim, hidden, gcn_dropout)
