@@ -200,6 +200,8 @@ def test_the_table_scripts_make_the_same_tables(tmp_path):
         'source "$(dirname "$0")/_common.sh"',
         'machine() { echo "machine: 2 CPU cores (AMD EPYC), no GPU, torch 2.13.0+cpu"; }',
         'code_line() { echo "code: commit 7a27aaa"; }',
+        # the fixtures' command lines: thumos_shaped_regime was then the default EXPERIMENT
+        'command_line() { echo "command: \\`bash experiments/tables/$1.sh\\`"; }',
         'table pruning model.loss.pruning "Table 5: pruning (who regresses)" '
         '"$TABLES/pruning/main" "$TABLES/pruning/frozen" --',
         'table target model.loss.target "Table 6: self-assessment target" "$TABLES/target" --',
@@ -212,7 +214,7 @@ def test_the_table_scripts_make_the_same_tables(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("EXPERIMENT", "SEEDS", "MADE_BY")}
     res = subprocess.run(
         ["bash", str(tables / "tables.sh")], cwd=tmp_path, capture_output=True, text=True,
-        env={**env, "PYTHON": sys.executable}, timeout=120,
+        env={**env, "PYTHON": sys.executable, "EXPERIMENT": "thumos_shaped_regime"}, timeout=120,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     results = tmp_path / "experiments" / "results" / "thumos_shaped_regime"

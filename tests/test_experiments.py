@@ -302,8 +302,9 @@ def test_thumos_shaped_regime_composes(tmp_path):
 def test_prepare_writes_each_experiments_dataset_root(tmp_path):
     """prepare.sh's --out of each shaped experiment is that experiment's dataset.root."""
     text = (REPO / "experiments" / "tables" / "prepare.sh").read_text()
-    outs = dict(re.findall(r"^\s*(thumos_shaped_\w+)\)\s*\n\s*thumos_like --out (\S+)", text, re.M))
-    assert set(outs) == {"thumos_shaped_regime", "thumos_shaped_cpu"}
+    cases = re.findall(r"^\s*(thumos_shaped_[\w |]+)\)\s*\n\s*thumos_like --out (\S+)", text, re.M)
+    outs = {e.strip(): out for names, out in cases for e in names.split("|")}
+    assert set(outs) == {"thumos_shaped_regime", "thumos_shaped_converged", "thumos_shaped_cpu"}
     for experiment, out in outs.items():
         cfg = compose_cfg(tmp_path, [f"experiment={experiment}"], tiny=False)
         assert cfg.dataset.root == f"{tmp_path / 'cache'}/{out.removeprefix('data_cache/')}"
@@ -438,6 +439,47 @@ def test_run_args_tell_a_new_untracked_config_apart(tmp_path):
     assert args() != clean
     (tmp_path / "conf" / "b.yaml").unlink()
     assert args() == clean
+
+
+def test_begin_runs_resumes_runs_begun_the_same_way_and_empties_the_others(tmp_path):
+    """A table script's folder is kept when its runs were begun with these settings (an
+    interrupted all.sh resumes), emptied otherwise or with FRESH=1."""
+    tables = tmp_path / "experiments" / "tables"
+    tables.mkdir(parents=True)
+    (tables / "_common.sh").write_text((REPO / "experiments/tables/_common.sh").read_text())
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+
+    def begin(*args: str, fresh: bool = False) -> subprocess.CompletedProcess:
+        cmd = f'source "{tables}/_common.sh"; begin_runs "{tmp_path}/out" {" ".join(args)}'
+        env = {**os.environ, "PYTHON": sys.executable, "FRESH": "1" if fresh else "0"}
+        return subprocess.run(
+            ["bash", "-c", cmd], capture_output=True, text=True, env=env, cwd=tmp_path
+        )
+
+    assert begin("x=1").returncode == 0
+    (tmp_path / "out" / "job0").mkdir()  # a finished job
+    res = begin("x=1")
+    assert "resuming the runs in" in res.stderr and (tmp_path / "out" / "job0").is_dir()
+    begin("x=2")  # other overrides: not these runs
+    assert not (tmp_path / "out" / "job0").exists() and (tmp_path / "out" / "started.txt").is_file()
+    (tmp_path / "out" / "job0").mkdir()
+    begin("x=2", fresh=True)
+    assert not (tmp_path / "out" / "job0").exists()
+
+
+def test_skip_finished_does_not_run_a_finished_job_again(tmp_path):
+    """skip_finished=true (what the table scripts pass): a job whose folder holds its
+    metrics.json returns them without running; without them it runs."""
+    cfg = compose_cfg(tmp_path, ["skip_finished=true"])
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({"test/mAP": 0.25}))
+    from salad_lightning.pipeline import run as run_pipeline
+
+    assert run_pipeline(cfg) == {"test/mAP": 0.25}
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]  # nothing else written
 
 
 # --- the convergence pilot's rule (experiments/convergence.py) -----------------------

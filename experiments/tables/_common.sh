@@ -1,6 +1,7 @@
 # Sourced by the table scripts: where runs and tables go, the machine line, helpers.
-#   EXPERIMENT   the experiment config (default thumos_shaped_regime: the benchmark the
-#                tables run on; thumos_shaped_cpu is the fast one)
+#   EXPERIMENT   the experiment config (default thumos_shaped_converged: the benchmark the
+#                tables run on, trained to convergence; thumos_shaped_regime, 20 epochs, is
+#                the earlier one; thumos_shaped_cpu the fast one)
 #   SEEDS        comma-separated seeds (default 0,1,2,3,4)
 #   STEP         runs | table | all (default): train the table's runs, make its table
 #                from runs already there, or both
@@ -13,7 +14,7 @@
 # Extra arguments of a table script are passed to every run (e.g. dataset.root=...).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-EXPERIMENT=${EXPERIMENT:-thumos_shaped_regime}
+EXPERIMENT=${EXPERIMENT:-thumos_shaped_converged}
 SEEDS=${SEEDS:-0,1,2,3,4}
 STEP=${STEP:-all}
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
@@ -24,7 +25,7 @@ SALAD_RUNS=$TABLES/salad
 export WANDB_MODE=${WANDB_MODE:-offline} MPLBACKEND=${MPLBACKEND:-Agg}
 case $STEP in runs | table | all) ;; *) echo "STEP must be runs, table or all, found $STEP" >&2; exit 2 ;; esac
 
-salad() { "$PYTHON" -m salad_lightning.run "$@"; }
+salad() { "$PYTHON" -m salad_lightning.run skip_finished=true "$@"; }
 do_runs() { [ "$STEP" != table ]; }
 do_table() { [ "$STEP" != runs ]; }
 
@@ -50,7 +51,7 @@ command_line() {
   local table=$1
   shift
   local env=""
-  [ "$EXPERIMENT" != thumos_shaped_regime ] && env+="EXPERIMENT=$EXPERIMENT "
+  [ "$EXPERIMENT" != thumos_shaped_converged ] && env+="EXPERIMENT=$EXPERIMENT "
   [ "$SEEDS" != 0,1,2,3,4 ] && env+="SEEDS=$SEEDS "
   if [ -n "${MADE_BY:-}" ]; then
     echo "command: \`${env}$MADE_BY${*:+ $*}\` (this table: \`experiments/tables/$table.sh\`)"
@@ -70,6 +71,22 @@ run_args() {
     git ls-files -o --exclude-standard -- src conf | while read -r f; do echo "$f" && cat "$f"; done
   } 2>/dev/null | sha1sum | cut -c1-12)
   printf '%s\n' "EXPERIMENT=$EXPERIMENT" "SEEDS=$SEEDS" "code=$rev $digest" "$@"
+}
+
+# begin_runs DIR ARGS...: DIR ready for a script's runs. When it holds runs begun with
+# these seeds, overrides and code (DIR/started.txt), it is kept and the runs resume: every
+# job passes skip_finished=true, so the finished ones are not run again (an interrupted
+# all.sh goes on where it stopped). Otherwise (or with FRESH=1) it is emptied first.
+begin_runs() {
+  local dir=$1
+  shift
+  if [ "${FRESH:-0}" != 1 ] && [ "$(cat "$dir/started.txt" 2>/dev/null)" = "$(run_args "$@")" ]; then
+    echo "resuming the runs in $dir (finished jobs are kept)" >&2
+  else
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    run_args "$@" >"$dir/started.txt"
+  fi
 }
 
 # check_args DIR ARGS...: DIR/args.txt says DIR was made with these seeds, overrides, code
@@ -110,4 +127,26 @@ table() {
   aggregate "$SALAD_RUNS" "${dirs[@]}" --rows "$rows" --paper "$name" \
     --markdown "$RESULTS/$name.md" --title "$title, $EXPERIMENT" \
     --note "$(command_line "$name" "$@")" --note "$(machine)" --note "$(code_line)"
+}
+
+# peer_line DIR: one line on a peer's runs under DIR/seed*/metrics.json (not paired with
+# SALAD: another detector, its own training), mean ± std over its seeds per tIoU, in %
+peer_line() {
+  "$PYTHON" - "$1" <<'PY'
+import json, sys
+from pathlib import Path
+from statistics import mean, stdev
+runs = sorted(Path(sys.argv[1]).glob("seed*/metrics.json"))
+ms = [json.loads(p.read_text()) for p in runs]
+thr = ms[0]["tiou_thresholds"]
+def cell(vals):
+    return f"{mean(vals):.2f}" + (f" ± {stdev(vals):.2f}" if len(vals) > 1 else "")
+cols = [cell([100 * m[f"test/mAP@{t:g}"] for m in ms]) for t in thr]
+avg = cell([100 * m["test/mAP"] for m in ms])
+made = (Path(sys.argv[1]) / runs[0].parent.name / "args.txt")
+what = made.read_text().splitlines()[0] if made.is_file() else "ActionFormer"
+seeds = ", ".join(p.parent.name[4:] for p in runs)
+print(f"Peer (not paired; its own training and inference, scored by salad-evaluate): "
+      f"{what}, seeds {seeds}: " + " / ".join(cols) + f" at tIoU {', '.join(f'{t:g}' for t in thr)}; average {avg}.")
+PY
 }

@@ -4,14 +4,15 @@
 # the SALAD runs' own test.
 #   bash experiments/tables/salad.sh [OVERRIDES...] && bash experiments/tables/fusion.sh [OVERRIDES...]
 # Never trains: the SALAD runs must be there, made with the same SEEDS and overrides.
-# One multirun (mode=test) under logs/tables/$EXPERIMENT/fusion (removed first); prints
+# One multirun (mode=test) under logs/tables/$EXPERIMENT/fusion (resumed or emptied:
+# begin_runs); prints
 # the table and writes experiments/results/$EXPERIMENT/fusion.md.
 source "$(dirname "$0")/_common.sh"
 OUT=$TABLES/fusion
 REUSE_SALAD=1
 if do_runs; then
   need_salad "$@"
-  rm -rf "$OUT"
+  begin_runs "$OUT" "$@"
   salad -m experiment="$EXPERIMENT" seed="$SEEDS" mode=test \
     ablation=fusion_arithmetic,fusion_geometric,fusion_normalized_product \
     "ckpt_path=$SALAD_RUNS/checkpoints/salad_seed\${seed}.ckpt" \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The data of the THUMOS14-shaped benchmarks the CPU tables run on: the real THUMOS14
 # annotation file's timing, synthetic 64-d features, seed 0 (salad_lightning.data.thumos_like).
-#   EXPERIMENT=thumos_shaped_regime (default): a quarter of each subset, action patterns
-#     of amplitude 4, in data_cache/thumos_like_f0.25_a4_d64
+#   EXPERIMENT=thumos_shaped_converged (default) and thumos_shaped_regime: a quarter of each
+#     subset, action patterns of amplitude 4, in data_cache/thumos_like_f0.25_a4_d64
 #   EXPERIMENT=thumos_shaped_cpu: a quarter of each subset, the default feature model,
 #     in data_cache/thumos_like_f0.25_d64
 #   any other experiment: nothing to prepare (its data is dataset.root)
@@ -17,7 +17,7 @@ ANNOTATIONS=${ANNOTATIONS:-data/thumos14/thumos14.json.gz}
 thumos_like() { "$PYTHON" -m salad_lightning.data.thumos_like --annotations "$ANNOTATIONS" \
   --feature-dim 64 --seed 0 "$@"; }
 case $EXPERIMENT in
-  thumos_shaped_regime)
+  thumos_shaped_regime | thumos_shaped_converged)
     thumos_like --out data_cache/thumos_like_f0.25_a4_d64 --fraction 0.25 --amplitude 4 --noise 0.5 ;;
   thumos_shaped_cpu)
     thumos_like --out data_cache/thumos_like_f0.25_d64 --fraction 0.25 ;;

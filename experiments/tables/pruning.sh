@@ -3,13 +3,13 @@
 # and alpha frozen from each seed's SALAD run then re-learned from scratch.
 #   bash experiments/tables/pruning.sh [OVERRIDES...]
 # SALAD's runs: salad.sh (trained first, unless REUSE_SALAD=1). Runs go under
-# logs/tables/$EXPERIMENT/pruning (removed first); prints the table and writes
+# logs/tables/$EXPERIMENT/pruning (resumed or emptied: begin_runs); prints the table and writes
 # experiments/results/$EXPERIMENT/pruning.md.
 source "$(dirname "$0")/_common.sh"
 OUT=$TABLES/pruning
 if do_runs; then
   need_salad "$@"
-  rm -rf "$OUT"
+  begin_runs "$OUT" "$@"
   mkdir -p "$OUT/alpha"
   # 1. the three learned rows x seeds: one multirun
   salad -m experiment="$EXPERIMENT" seed="$SEEDS" \

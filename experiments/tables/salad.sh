@@ -4,13 +4,14 @@
 # (these runs' own test) and the sensitivity's centre (1, 0.1, 0.5) all read these runs;
 # the frozen-alpha row and the fusion re-tests start from their checkpoints.
 #   bash experiments/tables/salad.sh [OVERRIDES...]
-# One multirun under logs/tables/$EXPERIMENT/salad (removed first); leaves
+# One multirun under logs/tables/$EXPERIMENT/salad (resumed when begun with the same
+# settings and code, else emptied first: _common.sh's begin_runs); leaves
 # checkpoints/salad_seed<s>.ckpt (links to each seed's last.ckpt) and, last, args.txt
 # (seeds, overrides, code), by which the table scripts check that they pair with
 # runs made the same way (REUSE_SALAD=1).
 source "$(dirname "$0")/_common.sh"
 OUT=$SALAD_RUNS
-rm -rf "$OUT"
+begin_runs "$OUT" "$@"
 salad -m experiment="$EXPERIMENT" seed="$SEEDS" ablation=salad hydra.sweep.dir="$OUT" "$@"
 mkdir -p "$OUT/checkpoints"
 aggregate "$OUT" --rows model.loss.pruning --list |

@@ -4,7 +4,7 @@
 #   bash experiments/tables/sensitivity.sh [OVERRIDES...]
 #   SENS_PARTS="lambda1 lambda2 mu" (default): the sweeps to run, one multirun each
 #   (Hydra's basic sweeper takes products), under logs/tables/$EXPERIMENT/sensitivity/<part>
-#   (each removed first; the others are kept). The centre (1, 0.1, 0.5) is SALAD's
+#   (each resumed or emptied: begin_runs; the others are kept). The centre (1, 0.1, 0.5) is SALAD's
 #   runs (salad.sh, trained first unless REUSE_SALAD=1).
 # The table reads every part there (each checked to be made with the same seeds,
 # overrides and code); prints it and writes experiments/results/$EXPERIMENT/sensitivity.md.
@@ -16,7 +16,7 @@ declare -A VALUES=([lambda1]=0.5,2.0 [lambda2]=0.05,0.5 [mu]=0.3,0.7)
 if do_runs; then
   for part in $SENS_PARTS; do
     [ -n "${VALUES[$part]:-}" ] || { echo "unknown part $part (lambda1, lambda2, mu)" >&2; exit 2; }
-    rm -rf "${OUT:?}/$part"
+    begin_runs "$OUT/$part" "$@"
     salad -m experiment="$EXPERIMENT" seed="$SEEDS" "model.loss.$part=${VALUES[$part]}" \
       hydra.sweep.dir="$OUT/$part" "$@"
     run_args "$@" >"$OUT/$part/args.txt"

@@ -2,12 +2,12 @@
 # Table 6 (the self-assessment target y): SALAD's against max_score / p > 0.5 / tIoU > mu.
 #   bash experiments/tables/target.sh [OVERRIDES...]
 # SALAD's runs: salad.sh (trained first, unless REUSE_SALAD=1). The other rows: one
-# multirun under logs/tables/$EXPERIMENT/target (removed first); prints the table and
+# multirun under logs/tables/$EXPERIMENT/target (resumed or emptied: begin_runs); prints the table and
 # writes experiments/results/$EXPERIMENT/target.md.
 source "$(dirname "$0")/_common.sh"
 OUT=$TABLES/target
 if do_runs; then
-  rm -rf "$OUT"
+  begin_runs "$OUT" "$@"
   salad -m experiment="$EXPERIMENT" seed="$SEEDS" \
     ablation=target_max_score,target_score_gt_half,target_iou_gt_mu \
     hydra.sweep.dir="$OUT" "$@"

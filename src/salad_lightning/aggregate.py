@@ -2,7 +2,7 @@
 paper's ablation tables (experiments/tables/) are made by it.
 
     salad-aggregate MULTIRUN_DIR [MORE_DIRS ...] [--rows KEY[,KEY...]]
-        [--paper pruning|target|fusion|sensitivity] [--reference ROW|none]
+        [--paper pruning|target|fusion|sensitivity|pgcn] [--reference ROW|none]
         [--bootstrap 10000] [--bootstrap-seed 0] [--markdown OUT.md] [--json OUT.json]
         [--title T] [--note N]... [--list]
 
@@ -19,8 +19,9 @@ the same seed are an error (a stale folder), and so are runs scored at different
 thresholds. Each cell is the mean ± sample standard deviation (ddof 1) over seeds of
 ``test/mAP@t`` in %.
 
-``--paper`` names one of the paper's tables (Tables 5-7 of SALAD, WACV 2021): its
-rows come first, in the paper's order and with the paper's labels and numbers;
+``--paper`` names one of the paper's tables (Tables 5-7 of SALAD, WACV 2021, and Table 2's
+SALAD + P-GCN row): its rows come first, in the paper's order and with the paper's labels
+and numbers;
 rows the paper does not have follow, sorted. ``--list`` prints, per run,
 ``row<TAB>seed<TAB>folder<TAB>average test mAP (%)<TAB>detections`` instead of the
 table.
@@ -102,6 +103,14 @@ PAPER: dict[str, dict[str, tuple[str, tuple[float, ...] | None]]] = {
         "1.0,0.1,0.3": ("µ = 0.3", None),
         "1.0,0.1,0.7": ("µ = 0.7", None),
     },
+    # Table 2's SALAD rows, by the model's class (model._target_)
+    "pgcn": {
+        "salad_lightning.lit_module.SaladLitModule": ("SALAD", SALAD),
+        "salad_lightning.pgcn.module.PGCNLitModule": (
+            "SALAD + P-GCN",
+            (75.2, 73.4, 69.4, 61.6, 49.8),
+        ),
+    },
 }
 
 
@@ -111,6 +120,7 @@ REFERENCE = {
     "target": "salad",
     "fusion": "regression",
     "sensitivity": "1.0,0.1,0.5",
+    "pgcn": "salad_lightning.lit_module.SaladLitModule",
 }
 
 
@@ -120,6 +130,7 @@ PAPER_ROWS = {
     "target": ["model.loss.target"],
     "fusion": ["model.postprocess.fusion"],
     "sensitivity": ["model.loss.lambda1", "model.loss.lambda2", "model.loss.mu"],
+    "pgcn": ["model._target_"],
 }
 
 
