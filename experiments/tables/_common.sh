@@ -25,7 +25,7 @@ SALAD_RUNS=$TABLES/salad
 export WANDB_MODE=${WANDB_MODE:-offline} MPLBACKEND=${MPLBACKEND:-Agg}
 case $STEP in runs | table | all) ;; *) echo "STEP must be runs, table or all, found $STEP" >&2; exit 2 ;; esac
 
-salad() { "$PYTHON" -m salad_lightning.run skip_finished=true "$@"; }
+salad() { "$PYTHON" -m salad_lightning.run "$@" skip_finished=true; }  # after -m: Hydra takes its flags first
 do_runs() { [ "$STEP" != table ]; }
 do_table() { [ "$STEP" != runs ]; }
 
