@@ -10,6 +10,8 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
+# the suite on every core (pytest-xdist); tests sharing a module fixture stay together
+PYTEST_WORKERS ?= -n 2 --dist loadgroup
 
 .DEFAULT_GOAL := help
 
@@ -28,10 +30,10 @@ install: $(STAMP) ## Create .venv and install the package with its dev extra
 	@$(BIN)/python -c "import torch, pytorch_lightning, hydra; print('torch', torch.__version__, '| lightning', pytorch_lightning.__version__, '| hydra', hydra.__version__)"
 
 test: $(STAMP) ## Run the test suite (creates .venv on first use)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) $(ARGS)
 
 test-fast: $(STAMP) ## Run the tests not marked slow
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) -m "not slow" $(ARGS)
 
 lint: $(STAMP) ## Lint and check formatting with ruff
 	$(BIN)/ruff check src tests experiments

@@ -59,6 +59,17 @@ def clip_length(duration: float, fps: float, stride: int = 4, window: int = 16) 
     return max(1, (int(duration * fps) - window) // stride + 1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test that uses a module-scoped fixture (a trained run, a built wheel, generated
+    videos) joins its module's ``xdist_group``: under ``make test`` (``-n 2 --dist
+    loadgroup``) the fixture is made once, on one worker, instead of once per worker."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d.scope == "module" for ds in defs for d in ds):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(scope="session")
 def thumos_json(tmp_path_factory) -> Path:
     """The real THUMOS14 annotation file (ActionFormer's), uncompressed."""

@@ -356,6 +356,7 @@ def _ddp_worker(rank, world, init_file, folder, out):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_ddp_ranks_read_disjoint_shares(thumos_folder, tmp_path):
     out = tmp_path / "seen.pt"

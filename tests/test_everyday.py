@@ -199,7 +199,10 @@ def test_a_resume_compares_with_the_network_the_run_was_built_with(tmp_path):
 
 def test_runs_started_together_get_their_own_folders(tmp_path):
     base = [f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", *TINY]
-    run_cli(base + ["mode=check"], cwd=tmp_path)  # the dataset exists before the race
+    # the dataset exists before the race (made by an in-process check elsewhere)
+    run_pipeline(
+        compose_cfg(tmp_path / "check", ["mode=check", f"paths.cache_dir={tmp_path / 'cache'}"])
+    )
     env = {**os.environ, "WANDB_MODE": "offline", "MPLBACKEND": "Agg"}
     procs = [
         subprocess.Popen(

@@ -386,6 +386,7 @@ def test_anet_paper_runs_one_epoch(tmp_path, anet_folder):
     assert all(0.0 <= metrics[f"test/mAP@{t}"] <= 1.0 for t in metrics["tiou_thresholds"])
 
 
+@pytest.mark.slow
 def test_the_data_benchmark_streams_an_epoch_of_a_few_files(tmp_path):
     # make bench runs it; it reads the DataModule's batches as the app does (a typed Batch)
     res = subprocess.run(

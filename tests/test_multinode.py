@@ -149,40 +149,44 @@ def _assert_rank_zero_wrote_the_log(job: Path) -> None:
     assert f"run folder: {job}" in rank1  # rank 1 worked in the same folder
 
 
+@pytest.fixture(scope="module")
+def two_node_job(tmp_path_factory):
+    """One two-node job, stopped after 1 epoch and resumed (``resume=RUN`` on both
+    nodes) to 3: its root, its folder and the folder's files after the first launch.
+    Shared by the tests below (module scope: two launches instead of three)."""
+    root = tmp_path_factory.mktemp("multinode") / "two"
+    _two_nodes([*DATA, "trainer.max_epochs=1"], root)
+    [job] = list((root / "logs" / "runs").iterdir())  # one job, one folder
+    first = _files(job)
+    _two_nodes([*DATA, "trainer.max_epochs=3", f"resume={job}"], root)
+    return root, job, first
+
+
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_two_nodes_write_one_folder_and_test_as_one_process(tmp_path):
-    root = tmp_path / "two"
-    _two_nodes([*DATA, "trainer.max_epochs=3"], root)
-    [job] = list((root / "logs" / "runs").iterdir())  # one job, one folder
+def test_two_nodes_write_one_folder(two_node_job, tmp_path):
+    root, job, first = two_node_job
+    assert list((root / "logs" / "runs").iterdir()) == [job]
     assert [p.name for p in root.iterdir()] == ["logs"]
     assert [p.name for p in (root / "logs").iterdir()] == ["runs"]
 
     # every file one process's run writes, Hydra's, and rank 1's log: nothing else
-    cfg = compose_cfg(tmp_path / "one", [*DATA, "trainer.max_epochs=3"])
+    cfg = compose_cfg(tmp_path / "one", [*DATA, "trainer.max_epochs=1"])
     run_pipeline(cfg)
     single = _files(Path(cfg.paths.output_dir))
     assert {"config_resolved.yaml", "class_index.json", "checkpoints/last.ckpt"} <= set(single)
-    assert _files(job) == sorted([*single, *HYDRA_FILES, "run_rank1.log"])
+    assert first == sorted([*single, *HYDRA_FILES, "run_rank1.log"])
     _assert_rank_zero_wrote_the_log(job)
-
-    one, one_dir = _test_as_one_process(job / "checkpoints" / "last.ckpt", tmp_path / "single")
-    _assert_tests_alike(job, one, one_dir)
 
 
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_two_nodes_resume_in_the_one_folder(tmp_path):
-    """A job stopped after 1 epoch and resumed (``resume=RUN`` on both nodes) to 3 goes
-    on in its folder: no second folder, each step once in the CSV log, and the test of
-    the last checkpoint is one process's."""
-    root = tmp_path / "two"
-    _two_nodes([*DATA, "trainer.max_epochs=1"], root)
-    [job] = list((root / "logs" / "runs").iterdir())
-    before = _files(job)
-    _two_nodes([*DATA, "trainer.max_epochs=3", f"resume={job}"], root)
+def test_two_nodes_resume_in_the_one_folder_and_test_as_one_process(two_node_job, tmp_path):
+    """The resumed job goes on in its folder: no second folder, each step once in the
+    CSV log, and the test of the last checkpoint is one process's."""
+    root, job, first = two_node_job
     assert list((root / "logs" / "runs").iterdir()) == [job]
-    assert set(_files(job)) == set(before)  # (the first test's timelines stay beside the new)
+    assert set(_files(job)) == set(first)  # (the first test's timelines stay beside the new)
 
     last = job / "checkpoints" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=False)

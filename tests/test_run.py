@@ -203,18 +203,18 @@ def test_a_mistyped_key_fails_with_hydras_message(tmp_path):
     assert "lamda1" in res.stderr and "not in struct" in res.stderr
 
 
-def test_thumos_layout_runs_one_epoch(tmp_path, thumos_folder):
+def test_thumos_layout_runs_one_epoch(tmp_path, thumos_folder, caplog):
     # ActionFormer's layout built from the real annotation file and random features
     root = tmp_path / "thumos"
     (root / "annotations").mkdir(parents=True)
     shutil.copy(thumos_folder.annotation_file, root / "annotations" / "thumos14.json")
     (root / "i3d_features").symlink_to(thumos_folder.feature_dir, target_is_directory=True)
-    res = run_cli(
+    cfg = compose_cfg(
+        tmp_path,
         [
             "dataset=thumos",
             f"dataset.root={root}",
             f"dataset.feature_dim={thumos_folder.feature_dim}",
-            f"paths.root_dir={tmp_path}",
             "model.net.hidden_size=8",
             "model.net.reg_dims=[8,8,8]",
             "model.net.sa_dims=[8,8,8]",
@@ -226,13 +226,14 @@ def test_thumos_layout_runs_one_epoch(tmp_path, thumos_folder):
             "trainer.max_epochs=1",
             "trainer.enable_progress_bar=false",
         ],
-        cwd=tmp_path,
+        tiny=False,
     )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "test mAP (%)" in res.stdout
-    metrics = list((tmp_path / "logs" / "runs").glob("*/metrics.json"))
+    caplog.set_level("INFO", logger="salad_lightning")
+    summary = run_pipeline(cfg)
+    assert any("test mAP (%)" in r.getMessage() for r in caplog.records)
+    metrics = list((tmp_path / "run").glob("metrics.json"))
     assert len(metrics) == 1
-    assert "test/mAP@0.5" in json.loads(metrics[0].read_text())
+    assert json.loads(metrics[0].read_text())["test/mAP@0.5"] == summary["test/mAP@0.5"]
 
 
 def test_the_train_fit_is_logged_every_n_epochs_and_equals_a_test_on_those_videos(tmp_path):

@@ -364,6 +364,7 @@ def _all_reduce_worker(rank: int, world: int, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.ddp
 def test_all_reduce_gradients_averages_in_buckets(tmp_path):
     """Under DDP the graph strategy averages the replayed gradients itself (DDP's reducer
