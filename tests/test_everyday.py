@@ -169,6 +169,54 @@ def test_a_resume_with_another_config_is_refused_by_key(tmp_path):
     assert "model.loss.mu (0.5 there, 0.7 here)" in res.stderr
 
 
+def test_a_resume_takes_a_run_made_before_a_setting_existed(tmp_path, caplog):
+    """A run begun by an earlier version has no key for a setting added since: resuming
+    it takes the setting's value here (logged); setting that key on the command line, or
+    changing a key the run has, is refused by name."""
+    import torch
+    from omegaconf import OmegaConf, open_dict
+
+    from salad_lightning.session import resume_checkpoint
+
+    run = tmp_path / "earlier"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({}, run / "checkpoints" / "last.ckpt")
+
+    def saved_without(cfg, drop: str, **changes) -> None:
+        tree = OmegaConf.to_container(cfg, resolve=True)
+        group, key = drop.split(".")
+        del tree[group][key]
+        for dotted, value in changes.items():
+            group, key = dotted.split("__")
+            tree[group][key] = value
+        (run / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(tree)))
+
+    def resume(cfg):
+        with open_dict(cfg):
+            cfg.resume = str(run)
+        return resume_checkpoint(cfg)
+
+    cfg = compose_cfg(tmp_path, ["dataset=synthetic_tiny"], tiny=False)
+    saved_without(cfg, "postprocess.video_fusion")
+    caplog.set_level("INFO", logger="salad_lightning")
+    assert resume(cfg) == str(run / "checkpoints" / "last.ckpt")
+    assert "postprocess.video_fusion='topk'" in caplog.text
+
+    saved_without(cfg, "postprocess.video_fusion", postprocess__video_topk=3)
+    with pytest.raises(ValueError, match=r"postprocess.video_topk \(3 there, 2 here\)") as err:
+        resume(cfg)
+    assert "video_fusion" not in str(err.value)
+
+    cfg = compose_cfg(
+        tmp_path, ["dataset=synthetic_tiny", "postprocess.video_fusion=product"], tiny=False
+    )
+    saved_without(cfg, "postprocess.video_fusion")
+    with pytest.raises(
+        ValueError, match=r"postprocess.video_fusion \(None there, 'product' here\)"
+    ):
+        resume(cfg)
+
+
 def test_a_resume_compares_with_the_network_the_run_was_built_with(tmp_path):
     """A run started from ``ckpt_path`` took the checkpoint's network (hidden_size 16 where
     the config files say 64) and saved it in config_resolved.yaml: resuming it with the

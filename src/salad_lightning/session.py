@@ -109,6 +109,8 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 def resume_checkpoint(cfg: DictConfig) -> str | None:
     """``resume=RUN``: RUN's last checkpoint, after checking that the config is RUN's
     (``RUN/config_resolved.yaml``; only ``trainer.max_epochs`` and paths may change).
+    A key RUN's config lacks (a setting added to the package since RUN began) takes its
+    value here, with a log line, unless the command line sets it.
     Else ``ckpt_path`` (training starts from it, in a new folder) or None."""
     resume = cfg.get("resume")
     if not resume:
@@ -125,11 +127,25 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     if saved_path.is_file():
         saved = _flat(yaml.safe_load(saved_path.read_text()))
         now = _flat(OmegaConf.to_container(cfg, resolve=True))
-        differ = [
-            f"{k} ({saved.get(k)!r} there, {now.get(k)!r} here)"
+        explicit = command_line_keys()
+
+        def within(key: str, prefixes) -> bool:
+            return any(key == p or key.startswith(f"{p}.") for p in prefixes)
+
+        changed = [
+            k
             for k in sorted(set(saved) | set(now))
-            if saved.get(k) != now.get(k)
-            and not any(k == p or k.startswith(f"{p}.") for p in RESUMABLE_CHANGES)
+            if saved.get(k) != now.get(k) and not within(k, RESUMABLE_CHANGES)
+        ]
+        newer = [k for k in changed if k not in saved and k in now and not within(k, explicit)]
+        if newer:
+            log.info(
+                "resume=%s: settings the run's config does not have, taken as they are here: %s",
+                resume,
+                ", ".join(f"{k}={now[k]!r}" for k in newer),
+            )
+        differ = [
+            f"{k} ({saved.get(k)!r} there, {now.get(k)!r} here)" for k in changed if k not in newer
         ]
         if differ:
             raise ValueError(
