@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
@@ -184,18 +185,27 @@ def _interval(iv: tuple[float, float]) -> str:
     return "–" if math.isnan(iv[0]) else f"[{iv[0]:+.2f}, {iv[1]:+.2f}]"
 
 
-def to_markdown(
-    tious: list[float],
-    rows: list[Row],
-    row_keys: list[str],
-    pairs: list[Paired] | None = None,
-    *,
-    reference: str | None = None,
-    resamples: int = 10000,
-    seed: int = 0,
-) -> str:
+@dataclass(frozen=True)
+class Table:
+    """What :func:`to_markdown` and :func:`to_json` write: the tIoU thresholds, the rows
+    (:func:`summarise`), the keys that made the rows, and the rows paired with
+    ``reference`` (its key; :func:`~salad_lightning.paired.paired`, ``resamples`` and
+    ``seed`` its bootstrap's)."""
+
+    tious: list[float]
+    rows: list[Row]
+    row_keys: list[str]
+    pairs: list[Paired] | None = None
+    reference: str | None = None
+    resamples: int = 10000
+    seed: int = 0
+
+
+def to_markdown(table: Table) -> str:
     """The table, each run's average by seed, and the rows paired with ``reference`` (its
     key), in markdown: what the table scripts write to experiments/results/."""
+    tious, rows, row_keys, pairs = table.tious, table.rows, table.row_keys, table.pairs
+    reference, resamples, seed = table.reference, table.resamples, table.seed
     head = ["row", "seeds", "no detection", *[f"mAP@{t:g}" for t in tious], "average"]
     has_paper = any(r.paper for r in rows)
     if has_paper:
@@ -273,18 +283,11 @@ def to_markdown(
     return "\n".join(lines) + "\n"
 
 
-def to_json(
-    tious: list[float],
-    rows: list[Row],
-    row_keys: list[str],
-    pairs: list[Paired] | None = None,
-    *,
-    reference: str | None = None,
-    resamples: int = 10000,
-    seed: int = 0,
-) -> dict[str, Any]:
+def to_json(table: Table) -> dict[str, Any]:
     """The table's numbers for a program: the markdown's, unrounded (mAP in %; NaN, a
     std of one seed, becomes null in the file)."""
+    tious, rows, row_keys, pairs = table.tious, table.rows, table.row_keys, table.pairs
+    reference, resamples, seed = table.reference, table.resamples, table.seed
 
     def by_tiou(values: dict[float, float]) -> dict[str, float]:
         return {f"mAP@{t:g}": values[t] for t in tious}
@@ -392,8 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     except AggregateError as e:
         print(f"salad-aggregate: {e}", file=sys.stderr)
         return 2
-    options = {"reference": reference, "resamples": args.bootstrap, "seed": args.bootstrap_seed}
-    text = to_markdown(tious, rows, keys, pairs, **options)
+    table = Table(tious, rows, keys, pairs, reference, args.bootstrap, args.bootstrap_seed)
+    text = to_markdown(table)
     head = ([f"# {args.title}", ""] if args.title else []) + [f"- {n}" for n in args.note]
     if head:
         text = "\n".join([*head, "", text])
@@ -401,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         atomic_write_text(args.markdown, text)
     if args.json:
-        atomic_write_json(args.json, to_json(tious, rows, keys, pairs, **options))
+        atomic_write_json(args.json, to_json(table))
     return 0
 
 

@@ -155,6 +155,18 @@ class DetectorModule(pl.LightningModule):
     # ------------------------------------------------------- the features record
     features: dict[str, Any] | None = None
 
+    def with_scheduler(self, optimizer: Any) -> Any:
+        """``configure_optimizers``' answer for ``optimizer``: alone, or with the
+        subclass's ``scheduler_factory`` (a partial taking the optimiser; None: no
+        scheduler) stepped once per epoch."""
+        factory = getattr(self, "scheduler_factory", None)
+        if factory is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": factory(optimizer=optimizer), "interval": "epoch"},
+        }
+
     def record_features(self, record: Mapping[str, Any] | None) -> None:
         """The features this module's data are (`SaladDataModule.features_record`: a
         features.json's settings, or the config's geometry). Kept with the hyperparameters,

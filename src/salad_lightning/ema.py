@@ -209,20 +209,17 @@ if EMAWeightAveraging is not None:
         """Lightning's ``EMAWeightAveraging`` with buffers copied rather than averaged and
         the average kept on the module's device."""
 
-        def __init__(
-            self,
-            decay: float = 0.999,
-            update_every_n_steps: int = 1,
-            update_starting_at_step: int | None = None,
-        ) -> None:
-            _check(decay, update_every_n_steps, update_starting_at_step)
+        def __init__(self, **settings: Any) -> None:
+            """``settings``: :class:`SmallEMA`'s (``decay``, ``update_every_n_steps``,
+            ``update_starting_at_step``), checked as it checks them."""
+            s = SmallEMA(**settings)
             super().__init__(
                 use_buffers=False,
-                decay=float(decay),
-                update_every_n_steps=int(update_every_n_steps),
-                update_starting_at_step=update_starting_at_step,
+                decay=s.decay,
+                update_every_n_steps=s.update_every_n_steps,
+                update_starting_at_step=s.update_starting_at_step,
             )
-            self.decay = float(decay)
+            self.decay = s.decay
 
         @property
         def state_key(self) -> str:

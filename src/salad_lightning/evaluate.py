@@ -17,11 +17,9 @@ crashes) unless ``--ignore-unknown-labels``. Never imports torch, so it starts f
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 from collections.abc import Sequence
-from contextlib import contextmanager
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -31,6 +29,7 @@ import numpy as np
 from salad_lightning.data.annotations import load_annotations
 from salad_lightning.metrics.diagnosis import PRESETS
 from salad_lightning.metrics.functional import Instances, evaluate_detections, video_key
+from salad_lightning.utils.io import no_gc, read_json
 
 __all__ = ["DEFAULT_TIOU", "InputError", "evaluate_files", "format_table", "main"]
 
@@ -41,27 +40,8 @@ class InputError(ValueError):
     """A problem with an input file, worded for the user."""
 
 
-@contextmanager
-def _no_gc():
-    """Parsed JSON holds no reference cycles, and collecting while millions of
-    small objects are created costs about as much as the parsing itself."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _load(path: str, field: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as err:
-        raise InputError(f"{path}: cannot read: {err.strerror or err}") from err
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON: {err}") from err
+    data = read_json(path, InputError)
     if not isinstance(data, dict) or not isinstance(data.get(field), dict):
         raise InputError(f'{path}: expected a JSON object with a "{field}" object')
     return data[field] if field == "results" else data
@@ -191,7 +171,7 @@ def evaluate_files(
     DETAD's diagnosis (``metrics/diagnosis.py``) is written there too, at
     ``diagnose_tiou`` (default: the preset's thresholds) with the bins of
     ``diagnose_preset`` (default: `choose_preset`'s)."""
-    with _no_gc():
+    with no_gc():
         return _evaluate_files(
             ground_truth,
             predictions,

@@ -9,7 +9,7 @@ the module is built.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from salad_lightning.data.batch import Batch
-from salad_lightning.data.detections import VideoDetections, VideoGroundTruth
+from salad_lightning.data.detections import VideoDetections
 from salad_lightning.detector import DetectorModule
 from salad_lightning.losses.criterion import SaladCriterion
 from salad_lightning.losses.frozen import FrozenAlpha
 from salad_lightning.models.postprocess import postprocess_batch
-from salad_lightning.models.video_fusion import VIDEO_FUSION_KEYS, VideoFusion
+from salad_lightning.models.video_fusion import VIDEO_FUSION_KEYS
 from salad_lightning.training import make_training_step
 
 
@@ -47,9 +47,9 @@ class SaladLitModule(DetectorModule):
             (ablation ``pruning=frozen``).
         compile / cuda_graph / cuda_graph_*: the training-step strategy
             (:func:`~salad_lightning.training.make_training_step`; docs/design.md).
-        tiou_thresholds, class_names, calibration_bins, calibration_tiou,
-        extra_tiou_thresholds, ground_truth_only, video_fusion: the evaluation's
-            (:class:`~salad_lightning.detector.DetectorModule`).
+        **evaluation: the evaluation's keywords (tiou_thresholds, class_names,
+            calibration_bins, calibration_tiou, extra_tiou_thresholds, ground_truth_only,
+            video_fusion: :class:`~salad_lightning.detector.DetectorModule`).
     """
 
     def __init__(
@@ -62,29 +62,15 @@ class SaladLitModule(DetectorModule):
         max_offset: float | None = None,
         cls_pretrain_epochs: int = 0,
         postprocess: dict[str, Any] | None = None,
-        tiou_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
-        class_names: Sequence[str] | None = None,
-        calibration_bins: int = 15,
-        calibration_tiou: float = 0.5,
-        extra_tiou_thresholds: Sequence[float] = (),
-        ground_truth_only: Mapping[str, Sequence[VideoGroundTruth]] | None = None,
-        video_fusion: VideoFusion | None = None,
         frozen_alpha_path: str | None = None,
         compile: bool = False,
         cuda_graph: bool = False,
         cuda_graph_warmup_steps: int = 3,
         cuda_graph_max_graphs: int = 64,
         cuda_graph_time_bucket: int = 256,
+        **evaluation: Any,
     ) -> None:
-        super().__init__(
-            tiou_thresholds=tiou_thresholds,
-            class_names=class_names,
-            calibration_bins=calibration_bins,
-            calibration_tiou=calibration_tiou,
-            extra_tiou_thresholds=extra_tiou_thresholds,
-            ground_truth_only=ground_truth_only,
-            video_fusion=video_fusion,
-        )
+        super().__init__(**evaluation)
         self.save_hyperparameters(
             ignore=["net", "loss", "optimizer", "scheduler", "ground_truth_only", "video_fusion"],
             logger=False,
@@ -134,13 +120,7 @@ class SaladLitModule(DetectorModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+        return self.with_scheduler(optimizer)
 
     # ----------------------------------------------------------------- forward
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None):

@@ -87,7 +87,30 @@ def holdout_split(
     return [v for v in videos if v.video_id not in held], [v for v in videos if v.video_id in held]
 
 
-class SaladDataModule(pl.LightningDataModule):
+class SplitDataModule(pl.LightningDataModule):
+    """The loaders a data module gives Lightning, by split (``self.datasets`` after
+    ``setup``; no validation loader when there is no ``val`` split): the subclass says
+    how a split's loader is made (``_loader``)."""
+
+    datasets: dict[str, Any]
+
+    def _loader(self, split: str, *, training: bool) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", training=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", training=False) if "val" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", training=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", training=False)
+
+
+class SaladDataModule(SplitDataModule):
     """Datasets and loaders for training, validation, test and prediction.
 
     ``num_classes``, ``class_index``, ``max_offset`` and ``feature_dim`` work before
@@ -579,9 +602,6 @@ class SaladDataModule(pl.LightningDataModule):
             persistent_workers=h.persistent_workers and h.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", training=True)
-
     def whole_dataset(self, split: str, sample: int | None = None, seed: int = 0) -> TADDataset:
         """``split``'s videos whole (no crops): ``train`` (all training videos, or a fixed
         sample of ``sample`` of those with features, drawn with ``seed``), ``val``,
@@ -618,12 +638,3 @@ class SaladDataModule(pl.LightningDataModule):
         ds = self.whole_dataset("train", sample, seed)
         name = next(k for k, v in self.datasets.items() if v is ds)
         return self._loader(name, training=False)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val", training=False) if "val" in self.datasets else []
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", training=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", training=False)

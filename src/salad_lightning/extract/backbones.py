@@ -37,10 +37,10 @@ from salad_lightning.extract.i3d import (
     InceptionI3d,
     WeightsError,
     check_state_dict,
-    file_sha256,
     load_port_weights,
     read_state_dict,
 )
+from salad_lightning.utils.io import file_sha256
 
 __all__ = ["BACKBONES", "Backbone", "BackboneSpec", "build_backbone", "load_backbone"]
 

@@ -230,25 +230,17 @@ def extract_video(
     path: str | os.PathLike,
     backbones: Sequence[Backbone],
     *,
-    fps: float | str = 25,
-    window: int = 16,
-    stride: int = 16,
-    size: int | None = None,
-    crop: int | None = None,
-    flow: TVL1Options | None = None,
-    batch_size: int = 8,
     device: str | torch.device | None = None,
     progress: bool = False,
+    **frames: Any,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """One video's (T, D) float32 features and its record (``VideoInfo`` + ``features``).
 
-    Arguments as :func:`plan_frames`. Raises :class:`VideoDecodeError` when the video
+    ``frames``: :func:`plan_frames`' keywords (fps, window, stride, size, crop, flow,
+    batch_size). Raises :class:`VideoDecodeError` when the video
     cannot be used.
     """
-    plan = plan_frames(
-        backbones, fps=fps, window=window, stride=stride, size=size, crop=crop, flow=flow,
-        batch_size=batch_size,
-    )  # fmt: skip
+    plan = plan_frames(backbones, **frames)
     device = _device(device)
     path = Path(path).resolve()
     ((status, _, result),) = _outcomes(
@@ -310,29 +302,20 @@ def extract_folder(
     backbones: Sequence[Backbone],
     *,
     backbone: str = "i3d",
-    fps: float | str = 25,
-    window: int = 16,
-    stride: int = 16,
-    size: int | None = None,
-    crop: int | None = None,
-    flow: TVL1Options | None = None,
-    batch_size: int = 8,
     device: str | torch.device | None = None,
     workers: int = 2,
     progress: bool = True,
+    **frames: Any,
 ) -> ExtractReport:
     """Extract every video of ``videos`` (a file or a folder) into ``out``; see the module
-    docstring. ``backbone`` is the name recorded in features.json; the other arguments
-    as :func:`plan_frames`. Raises :class:`FeatureSettingsError` when ``out`` holds
+    docstring. ``backbone`` is the name recorded in features.json; ``frames``:
+    :func:`plan_frames`' keywords (fps, window, stride, size, crop, flow, batch_size). Raises :class:`FeatureSettingsError` when ``out`` holds
     features made with other settings, before reading any video."""
     from tqdm import tqdm
 
     out = Path(out)
     items = find_videos(videos)
-    plan = plan_frames(
-        backbones, fps=fps, window=window, stride=stride, size=size, crop=crop, flow=flow,
-        batch_size=batch_size,
-    )  # fmt: skip
+    plan = plan_frames(backbones, **frames)
     device = _device(device)
     settings = settings_record(backbones, plan, backbone=backbone)
     meta = _start(out, settings)

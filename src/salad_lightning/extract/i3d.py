@@ -23,7 +23,6 @@ inside the last feature map (T / 8 and H / 32, rounded up, must reach 2 and 7).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -195,14 +194,6 @@ class InceptionI3d(nn.Module):
 
 class WeightsError(ValueError):
     """A weights file that does not fit the network: which file, which key, what differs."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:

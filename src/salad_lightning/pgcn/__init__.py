@@ -32,88 +32,18 @@ sample_neighbourhoods(neighbour_slots(segments), np.arange(P), rng)``, the netwo
 ``act[nodes]``, ``comp[nodes]`` (in chunks), then ``score_proposals`` and ``detections``.
 """
 
-from salad_lightning.pgcn.features import interval_means, pool_proposal_features
-from salad_lightning.pgcn.graph import (
-    neighbour_slots,
-    neighbourhood_adjacency,
-    neighbourhood_mask,
-    neighbourhood_size,
-    pairwise_distance,
-    pairwise_tiou,
-    sample_neighbourhoods,
-)
-from salad_lightning.pgcn.inference import (
-    ScoredProposals,
-    class_scores,
-    detections,
-    refine_segments,
-    score_proposals,
-)
-from salad_lightning.pgcn.loss import (
-    PGCNLoss,
-    activity_loss,
-    completeness_loss,
-    pgcn_loss,
-    regression_loss,
-)
-from salad_lightning.pgcn.net import PGCNNet, PGCNOutput
-from salad_lightning.pgcn.proposals import (
-    ProposalsFileError,
-    VideoProposals,
-    file_sha256,
-    read_proposals,
-    write_proposals,
-)
-from salad_lightning.pgcn.targets import (
-    BACKGROUND,
-    FOREGROUND,
-    INCOMPLETE,
-    RegressionStats,
-    TrainingPool,
-    best_ground_truth,
-    label_proposals,
-    regression_targets,
-    sample_centres,
-    sample_targets,
-    samples_per_kind,
-)
+# every module's public names (its ``__all__``), in the order a run uses them
+from salad_lightning.pgcn import features, graph, inference, loss, net, proposals, targets
+from salad_lightning.pgcn.features import *  # noqa: F403
+from salad_lightning.pgcn.graph import *  # noqa: F403
+from salad_lightning.pgcn.inference import *  # noqa: F403
+from salad_lightning.pgcn.loss import *  # noqa: F403
+from salad_lightning.pgcn.net import *  # noqa: F403
+from salad_lightning.pgcn.proposals import *  # noqa: F403
+from salad_lightning.pgcn.targets import *  # noqa: F403
 
 __all__ = [
-    "BACKGROUND",
-    "FOREGROUND",
-    "INCOMPLETE",
-    "PGCNLoss",
-    "PGCNNet",
-    "PGCNOutput",
-    "ProposalsFileError",
-    "RegressionStats",
-    "ScoredProposals",
-    "TrainingPool",
-    "VideoProposals",
-    "activity_loss",
-    "best_ground_truth",
-    "class_scores",
-    "completeness_loss",
-    "detections",
-    "file_sha256",
-    "interval_means",
-    "label_proposals",
-    "neighbour_slots",
-    "neighbourhood_adjacency",
-    "neighbourhood_mask",
-    "neighbourhood_size",
-    "pairwise_distance",
-    "pairwise_tiou",
-    "pgcn_loss",
-    "pool_proposal_features",
-    "read_proposals",
-    "refine_segments",
-    "regression_loss",
-    "regression_targets",
-    "sample_centres",
-    "sample_neighbourhoods",
-    "sample_targets",
-    "samples_per_kind",
-    "score_proposals",
-    "write_proposals",
+    name
+    for module in (proposals, targets, graph, features, net, loss, inference)
+    for name in module.__all__
 ]

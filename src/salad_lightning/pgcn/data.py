@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from salad_lightning.data.datamodule import SplitDataModule
 from salad_lightning.data.dataset import TADDataset
 from salad_lightning.data.sampler import BucketBatchSampler
 from salad_lightning.pgcn.features import pool_proposal_features
@@ -266,7 +266,7 @@ class PGCNVideoSet(Dataset):
 
 
 # ---------------------------------------------------------------------------- datamodule
-class PGCNDataModule(pl.LightningDataModule):
+class PGCNDataModule(SplitDataModule):
     """The first stage's videos and splits (``base``) with its proposals.
 
     Args:
@@ -439,18 +439,6 @@ class PGCNDataModule(pl.LightningDataModule):
             collate_fn=collate_train if training else collate_videos,
             num_workers=self.num_workers,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", training=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val", training=False) if "val" in self.datasets else []
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", training=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", training=False)
 
     def whole_train_dataloader(self, sample: int | None = None, seed: int = 0) -> DataLoader:
         """Training videos whole with their proposals (all, or a fixed sample): the train

@@ -82,18 +82,20 @@ NUM_CHILDREN = 4  # P-GCN's child_num: children per node; adj_num = 1 + 4 + 16 =
 COSINE_EPS = 1e-8  # floor of |a| |b| in the cosine (P-GCN divides unguarded: NaN on a zero feature)
 
 
-def _segments(segments: np.ndarray) -> np.ndarray:
+def segment_array(segments: np.ndarray, what: str = "segments") -> np.ndarray:
+    """``segments`` as a float64 (N, 2) array (an empty one from any empty input); a
+    ValueError naming ``what`` for another shape."""
     seg = np.asarray(segments, dtype=np.float64)
     if seg.size == 0:
         seg = seg.reshape(0, 2)
     if seg.ndim != 2 or seg.shape[1] != 2:
-        raise ValueError(f"expected segments (P, 2), found {seg.shape}")
+        raise ValueError(f"expected {what} (N, 2), found {seg.shape}")
     return seg
 
 
 def pairwise_tiou(segments: np.ndarray) -> np.ndarray:
     """(P, P) tIoU of every pair: ``max(0, intersection) / union``, 0 where the union is 0."""
-    seg = _segments(segments)
+    seg = segment_array(segments)
     s, e = seg[:, 0], seg[:, 1]
     inter = np.clip(np.minimum(e[:, None], e[None]) - np.maximum(s[:, None], s[None]), 0, None)
     union = (e - s)[:, None] + (e - s)[None] - inter
@@ -103,7 +105,7 @@ def pairwise_tiou(segments: np.ndarray) -> np.ndarray:
 
 def pairwise_distance(segments: np.ndarray) -> np.ndarray:
     """(P, P) P-GCN distance: ``|c_i - c_j|`` over the pair's hull length, 0 where that is 0."""
-    seg = _segments(segments)
+    seg = segment_array(segments)
     s, e = seg[:, 0], seg[:, 1]
     centre = 0.5 * (s + e)
     hull = np.maximum(e[:, None], e[None]) - np.minimum(s[:, None], s[None])
@@ -137,7 +139,7 @@ def neighbour_slots(
     (``tIoU <= 0`` and ``distance > distance_threshold``), nearest first. Fewer
     candidates than slots: the list repeated in order; none: the node itself.
     """
-    seg = _segments(segments)
+    seg = segment_array(segments)
     tiou = pairwise_tiou(seg)
     dist = pairwise_distance(seg)
     disjoint = (tiou <= 0) & (dist > distance_threshold)

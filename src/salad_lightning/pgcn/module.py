@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 
-from salad_lightning.data.detections import VideoDetections, VideoGroundTruth
+from salad_lightning.data.detections import VideoDetections
 from salad_lightning.detector import DetectorModule
-from salad_lightning.models.video_fusion import VideoFusion
 from salad_lightning.pgcn.data import PGCNEvalBatch, PGCNTrainBatch
 from salad_lightning.pgcn.inference import detections, score_proposals
 from salad_lightning.pgcn.loss import pgcn_loss
@@ -46,8 +45,9 @@ class PGCNLitModule(DetectorModule):
         postprocess: `pgcn.inference.detections`' settings (the per-class NMS) and
             ``top_k`` (the (proposal, class) pairs kept before it).
         chunk: neighbourhoods per forward at evaluation.
-        tiou_thresholds, class_names, calibration_*, extra_tiou_thresholds,
-        ground_truth_only, video_fusion: the evaluation's (`DetectorModule`).
+        **evaluation: the evaluation's keywords (tiou_thresholds, class_names,
+            calibration_*, extra_tiou_thresholds, ground_truth_only, video_fusion:
+            `DetectorModule`).
     """
 
     def __init__(
@@ -63,23 +63,9 @@ class PGCNLitModule(DetectorModule):
         regression_weight: float = 0.5,
         postprocess: dict[str, Any] | None = None,
         chunk: int = 256,
-        tiou_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
-        class_names: Sequence[str] | None = None,
-        calibration_bins: int = 15,
-        calibration_tiou: float = 0.5,
-        extra_tiou_thresholds: Sequence[float] = (),
-        ground_truth_only: Mapping[str, Sequence[VideoGroundTruth]] | None = None,
-        video_fusion: VideoFusion | None = None,
+        **evaluation: Any,
     ) -> None:
-        super().__init__(
-            tiou_thresholds=tiou_thresholds,
-            class_names=class_names,
-            calibration_bins=calibration_bins,
-            calibration_tiou=calibration_tiou,
-            extra_tiou_thresholds=extra_tiou_thresholds,
-            ground_truth_only=ground_truth_only,
-            video_fusion=video_fusion,
-        )
+        super().__init__(**evaluation)
         self.save_hyperparameters(
             ignore=["net", "optimizer", "scheduler", "ground_truth_only", "video_fusion"],
             logger=False,
@@ -119,13 +105,7 @@ class PGCNLitModule(DetectorModule):
             lr=float(base.get("lr", 0.01)), weight_decay=float(base.get("weight_decay", 0.0))
         )
         optimizer = self.optimizer_factory(params=groups)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+        return self.with_scheduler(optimizer)
 
     def training_step(self, batch: PGCNTrainBatch, batch_idx: int) -> torch.Tensor:
         b, s = batch.labels.shape

@@ -22,12 +22,8 @@ proposal to name.
 
 from __future__ import annotations
 
-import gc
-import hashlib
-import json
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
@@ -36,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from salad_lightning.utils.io import atomic_write_json
+from salad_lightning.utils.io import atomic_write_json, file_sha256, no_gc, read_json
 
 __all__ = [
     "MADE_BY_KEYS",
@@ -53,19 +49,6 @@ PROPOSALS_VERSION = "salad-lightning-proposals/1"
 # annotation file, and the post-processing settings that produced the proposals.
 MADE_BY_KEYS = ("checkpoint", "checkpoint_sha256", "dataset", "annotation_file", "settings")
 _NUMBER = (int, float)  # exact types: JSON's true/false (bool) and strings are refused
-
-
-@contextmanager
-def _no_gc() -> Iterator[None]:
-    """The parsed file holds no reference cycles, and collecting while its hundreds of
-    thousands of small objects are made costs about as much as the parsing itself."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class ProposalsFileError(ValueError):
@@ -120,15 +103,6 @@ class VideoProposals:
         return VideoProposals(self.video_id, self.segments[:k], self.scores[:k])
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's content (``made_by["checkpoint_sha256"]``)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_proposals(
     path: str | os.PathLike, proposals: Mapping[str, VideoProposals], made_by: dict[str, Any]
 ) -> Path:
@@ -143,7 +117,7 @@ def write_proposals(
     missing = [k for k in MADE_BY_KEYS if k not in made_by]
     if missing:
         raise ValueError(f"made_by lacks {missing}; expected the keys {list(MADE_BY_KEYS)}")
-    with _no_gc():
+    with no_gc():
         return _write(path, proposals, made_by)
 
 
@@ -176,18 +150,12 @@ def read_proposals(
     ``segment``, a segment that is not ``[start, end]`` of finite numbers with
     ``start <= end``, a score that is not a finite number.
     """
-    with _no_gc():
+    with no_gc():
         return _read(path)
 
 
 def _read(path: str | os.PathLike) -> tuple[dict[str, VideoProposals], dict[str, Any]]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except OSError as err:
-        raise ProposalsFileError(f"{path}: cannot read: {err.strerror or err}") from err
-    except json.JSONDecodeError as err:
-        raise ProposalsFileError(f"{path}: not valid JSON: {err}") from err
+    data = read_json(path, ProposalsFileError)
     found = data.get("version") if isinstance(data, dict) else type(data).__name__
     if found != PROPOSALS_VERSION:
         raise ProposalsFileError(

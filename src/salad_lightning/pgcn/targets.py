@@ -61,6 +61,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from salad_lightning.pgcn.graph import segment_array
+
 __all__ = [
     "BACKGROUND",
     "FOREGROUND",
@@ -86,15 +88,6 @@ PER_VIDEO = 8  # prop_per_video
 RATIOS = (1, 6, 1)  # fg_ratio, incomplete_ratio, bg_ratio
 
 
-def _segments(segments: np.ndarray, what: str) -> np.ndarray:
-    seg = np.asarray(segments, dtype=np.float64)
-    if seg.size == 0:
-        seg = seg.reshape(0, 2)
-    if seg.ndim != 2 or seg.shape[1] != 2:
-        raise ValueError(f"expected {what} (N, 2), found {seg.shape}")
-    return seg
-
-
 def _cross_tiou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(tIoU (A, B), intersection (A, B)); tIoU 0 where the segments do not overlap."""
     inter = np.minimum(a[:, None, 1], b[None, :, 1]) - np.maximum(a[:, None, 0], b[None, :, 0])
@@ -112,7 +105,7 @@ def best_ground_truth(
     The first ground truth with the highest positive tIoU; -1, 0, 0 when none overlaps.
     Segments of positive length.
     """
-    seg, gt = _segments(segments, "segments"), _segments(gt_segments, "gt_segments")
+    seg, gt = segment_array(segments), segment_array(gt_segments, "gt_segments")
     p = len(seg)
     if len(gt) == 0:
         return np.zeros(p), np.full(p, -1, dtype=np.int64), np.zeros(p)
@@ -128,7 +121,7 @@ def best_ground_truth(
 
 def regression_targets(segments: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """(P, 2) raw targets: centre shift over the length, log of the length ratio."""
-    seg, tgt = _segments(segments, "segments"), _segments(targets, "targets")
+    seg, tgt = segment_array(segments), segment_array(targets, "targets")
     length, tlength = seg[:, 1] - seg[:, 0], tgt[:, 1] - tgt[:, 0]
     shift = (0.5 * (tgt[:, 0] + tgt[:, 1]) - 0.5 * (seg[:, 0] + seg[:, 1])) / length
     return np.stack([shift, np.log(tlength / length)], axis=1)
@@ -185,7 +178,7 @@ def label_proposals(
     """
     if not video_length > 0:
         raise ValueError(f"video_length must be > 0, found {video_length}")
-    seg, gt = _segments(segments, "segments"), _segments(gt_segments, "gt_segments")
+    seg, gt = segment_array(segments), segment_array(gt_segments, "gt_segments")
     gt_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
     if len(gt_labels) != len(gt):
         raise ValueError(f"{len(gt)} ground truths but {len(gt_labels)} labels")

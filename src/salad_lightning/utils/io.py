@@ -5,11 +5,15 @@
   through ``utils/checkpoint_io.py``, frozen alpha);
 - :func:`build_folder_atomically`: a whole generated folder (the synthetic datasets),
   built beside its destination and renamed into place, skipped when it is already there
-  with the same parameters.
+  with the same parameters;
+- :func:`file_sha256` (what a written file records of its input: a checkpoint, a weights
+  file), :func:`read_json` and :func:`no_gc` (the large JSON files' readers).
 """
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import json
 import math
 import os
@@ -157,3 +161,38 @@ def build_folder_atomically(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """The garbage collector off while a large JSON file is parsed: the parsed file holds
+    no reference cycles, and collecting while its millions of small objects are made
+    costs about as much as the parsing itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def read_json(path: str | os.PathLike, error: type[Exception] = ValueError) -> Any:
+    """A JSON file's content; ``error`` (the caller's, worded for the user) naming the file
+    when it cannot be read or is not valid JSON."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except OSError as err:
+        raise error(f"{path}: cannot read: {err.strerror or err}") from err
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON: {err}") from err
