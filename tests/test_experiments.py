@@ -544,3 +544,41 @@ def test_the_convergence_rule_by_hand(tmp_path):
         _convergence_run(tmp_path, 80, seed, {64: 90.5, 80: 91.0}, {64: 58.0, 80: 60.5}, 50.0)
     unmet, chosen = conv.verdicts(conv.read(tmp_path))
     assert chosen is None and unmet[80][0].startswith("3: the holdout gains 2.50")
+
+
+def test_recall_script_counts_each_ground_truth_once_by_hand(tmp_path):
+    """experiments/tables/recall.py on a hand-worked case: video a has ground truths
+    [0, 10] "x" and [20, 30] "y"; video b has [0, 10] "x". Detections: two on a's first
+    (0.9 "x" tIoU 1, 0.8 "x" tIoU 0.8: the second finds it taken), one on a's second with
+    the wrong label (tIoU 1, "x"), one on b's at tIoU 0.4 ([0, 4]). Class-aware at 0.3:
+    a's first and b's = 2 of 3; at 0.5: a's first = 1 of 3. Class-agnostic at 0.3: a's
+    first (0.9), a's second (the wrong-label one, the 0.8 one finding a's first taken and
+    a's second not overlapping it), b's = 3 of 3; at 0.5: 2 of 3."""
+    ann = {
+        "database": {
+            "a": {"subset": "Test", "annotations": [
+                {"segment": [0, 10], "label": "x"}, {"segment": [20, 30], "label": "y"}]},
+            "b": {"subset": "Test", "annotations": [{"segment": [0, 10], "label": "x"}]},
+            "c": {"subset": "Validation", "annotations": [{"segment": [0, 10], "label": "x"}]},
+        }
+    }  # fmt: skip
+    res = {
+        "results": {
+            "a": [
+                {"segment": [0, 10], "label": "x", "score": 0.9},
+                {"segment": [0, 8], "label": "x", "score": 0.8},
+                {"segment": [20, 30], "label": "x", "score": 0.7},
+            ],
+            "b": [{"segment": [0, 4], "label": "x", "score": 0.5}],
+            "c": [{"segment": [0, 10], "label": "x", "score": 0.5}],
+        }
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    (tmp_path / "res.json").write_text(json.dumps(res))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "experiments/tables/recall.py"), str(tmp_path / "ann.json"),
+         str(tmp_path / "res.json"), "--tiou", "0.3", "0.5"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "3 ground truths in 2 Test videos" in out
+    assert f"| {tmp_path / 'res.json'} | 4 | 66.7 / 33.3 | 100.0 / 66.7 |" in out
