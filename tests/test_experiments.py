@@ -35,9 +35,11 @@ def _fake_run(
     maps: list[float],
     mu: float = 0.5,
     detections: int | None = 1,
+    train_fit: float | None = None,
 ):
-    """A run folder as the app writes it: metrics.json, config_resolved.yaml and
-    results.json with ``detections`` detections over two videos (None: no results.json)."""
+    """A run folder as the app writes it: metrics.json (with the train fit's keys when
+    ``train_fit`` is given), config_resolved.yaml and results.json with ``detections``
+    detections over two videos (None: no results.json)."""
     folder.mkdir(parents=True)
     if detections is not None:
         det = {"label": "a", "score": 0.5, "segment": [1.0, 2.0]}
@@ -46,6 +48,8 @@ def _fake_run(
     metrics = {"split": "test", "tiou_thresholds": TIOU, "val": {"val/mAP": 0.5}}
     metrics.update({f"test/mAP@{t}": m for t, m in zip(TIOU, maps)})
     metrics["test/mAP"] = sum(maps) / len(maps)
+    if train_fit is not None:
+        metrics["train"] = {"train/mAP@0.5": 1.0, "train/mAP": train_fit, "train/ece": 0.1}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     cfg = {"seed": seed, "model": {"loss": {"pruning": pruning, "mu": mu, "lambda1": 1}}}
     (folder / "config_resolved.yaml").write_text(yaml.safe_dump(cfg))
@@ -582,3 +586,22 @@ def test_recall_script_counts_each_ground_truth_once_by_hand(tmp_path):
     ).stdout  # fmt: skip
     assert "3 ground truths in 2 Test videos" in out
     assert f"| {tmp_path / 'res.json'} | 4 | 66.7 / 33.3 | 100.0 / 66.7 |" in out
+
+
+def test_aggregate_shows_the_train_fit_of_the_runs_that_measured_it(tmp_path, capsys):
+    """The train fit (metrics.json's train/mAP) by seed and its mean, for the rows whose
+    runs measured it: salad 0.97 and 0.95 -> 97.00, 95.00, mean 96.00; none has none."""
+    root = tmp_path / "s"
+    _fake_run(root / "0", seed=0, pruning="salad", maps=[0.3] * 5, train_fit=0.97)
+    _fake_run(root / "1", seed=1, pruning="salad", maps=[0.4] * 5, train_fit=0.95)
+    _fake_run(root / "2", seed=0, pruning="none", maps=[0.2] * 5)
+    out_json = tmp_path / "t.json"
+    args = [str(root), "--rows", "model.loss.pruning", "--json", str(out_json)]
+    assert aggregate.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| row | seed 0 | seed 1 | mean |" in out
+    assert "| salad | 97.00 | 95.00 | 96.00 |" in out
+    assert "| none |" not in out.split("Train fit")[1].split("Paired")[0]
+    runs = {r["key"]: r["runs"] for r in json.loads(out_json.read_text())["rows"]}
+    assert [r["train_fit"] for r in runs["salad"]] == pytest.approx([97.0, 95.0])
+    assert [r["train_fit"] for r in runs["none"]] == [None]

@@ -173,6 +173,24 @@ def _ranking(rows: list[Row], values: dict[str, float]) -> str:
     return " > ".join(f"{r.key} ({values[r.key]:.2f})" for r in ranked)
 
 
+def _train_fit_lines(rows: list[Row], seeds: list[int]) -> list[str]:
+    """The rows whose runs measured their train fit (``callbacks.train_fit``): its value
+    by seed and the mean, in markdown; none when no run did."""
+    fitted = [r for r in rows if any(run.train_fit is not None for run in r.runs)]
+    if not fitted:
+        return []
+    lines = ["", "Train fit of each run (average mAP (%) of the tested weights on the "
+             "training videos it measured, `callbacks.train_fit`), by seed:", ""]  # fmt: skip
+    lines.append("| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
+    lines.append("|" + "---|" * (len(seeds) + 2))
+    for r in fitted:
+        by_seed = {run.seed: run.train_fit for run in r.runs}
+        cells = ["–" if by_seed.get(s) is None else f"{by_seed[s]:.2f}" for s in seeds]
+        values = [v for v in by_seed.values() if v is not None]
+        lines.append(f"| {r.label} | " + " | ".join(cells) + f" | {mean(values):.2f} |")
+    return lines
+
+
 def _empty_cell(row: Row) -> str:
     cell = ",".join(map(str, row.empty_seeds)) or "–"
     unknown = [r.seed for r in row.runs if r.detections is None]
@@ -251,6 +269,7 @@ def to_markdown(table: Table) -> str:
             for s in seeds
         ]
         lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    lines += _train_fit_lines(rows, seeds)
 
     if pairs:
         ref_label = next(r.label for r in rows if r.key == reference)
@@ -312,6 +331,7 @@ def to_json(table: Table) -> dict[str, Any]:
                         "mAP": by_tiou({t: 100.0 * m for t, m in run.maps.items()}),
                         "average": run.average,
                         "detections": run.detections,
+                        "train_fit": run.train_fit,
                     }
                     for run in r.runs
                 ],

@@ -41,6 +41,8 @@ class Run:
     config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # key -> value as typed on the command line; None: no .hydra/overrides.yaml
     overrides: dict[str, str] | None = field(default=None, repr=False, compare=False)
+    # the train fit of the tested weights (metrics.json's train/mAP, in %); None: not measured
+    train_fit: float | None = None
 
     @property
     def average(self) -> float:
@@ -108,7 +110,9 @@ def find_runs(run_dirs: Sequence[Path]) -> list[Run]:
             cfg = yaml.load(cfg_path.read_text(), Loader=_LOADER)
             overrides = _read_overrides(folder)
             dets = count_detections(folder)
-            here.append(Run("", int(cfg["seed"]), folder, maps, dets, (), cfg, overrides))
+            fit = (metrics.get("train") or {}).get("train/mAP")
+            fit = None if fit is None else 100.0 * float(fit)
+            here.append(Run("", int(cfg["seed"]), folder, maps, dets, (), cfg, overrides, fit))
         if not here:
             raise AggregateError(
                 f"{root} holds no finished test run: none of its folders has both "
