@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,13 +26,22 @@ TESTS = str(Path(__file__).parent)
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """The package built as a wheel and installed (not editable) into a folder of its own."""
+    """The package built as a wheel and installed (not editable) into a folder of its own.
+    It is built from a copy of the sources, so that setuptools' in-tree build folders
+    (``build/``, ``*.egg-info``) are the test's own, never shared with other tests."""
     root = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
+    tree = root / "tree"
+    junk = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("src", "conf"):
+        shutil.copytree(REPO / name, tree / name, ignore=junk)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, tree / name)
+    built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(root / "dist"), str(REPO)],
-        check=True, capture_output=True, text=True,
+         "--wheel-dir", str(root / "dist"), str(tree)],
+        capture_output=True, text=True,
     )  # fmt: skip
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     wheel = next((root / "dist").glob("salad_lightning-*.whl"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
