@@ -135,14 +135,19 @@ def _number(value: Any) -> Any:
     )
 
 
-def _without_paths(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The record without what is not compared: a weights file moved elsewhere is the same
-    weights when its sha256 is."""
-    plain = {k: v for k, v in json.loads(json.dumps(record)).items() if k not in _NOT_COMPARED}
+def without_weight_paths(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Extraction settings as JSON has them, without the weights' paths: a weights file
+    moved elsewhere is the same weights when its sha256 is."""
+    plain = json.loads(json.dumps(settings))
     for entry in (plain.get("weights") or {}).values():
         if isinstance(entry, dict):
             entry.pop("path", None)
     return plain
+
+
+def _without_paths(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record without what is not compared (``_NOT_COMPARED``, the weights' paths)."""
+    return {k: v for k, v in without_weight_paths(record).items() if k not in _NOT_COMPARED}
 
 
 def _diff(trained: Any, now: Any, key: str) -> list[str]:

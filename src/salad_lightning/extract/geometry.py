@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from salad_lightning.data.extracted import without_weight_paths
 from salad_lightning.data.mapping import TimeMapping
 
 __all__ = [
@@ -109,16 +110,6 @@ def geometry(meta: Mapping[str, Any]) -> FeatureGeometry:
     )
 
 
-def _without_paths(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings as JSON has them, without the weights' paths: a file moved elsewhere
-    is the same weights when its sha256 is."""
-    plain = json.loads(json.dumps(settings))
-    for record in (plain.get("weights") or {}).values():
-        if isinstance(record, dict):
-            record.pop("path", None)
-    return plain
-
-
 def _diff(found: Any, expected: Any, key: str) -> list[str]:
     if isinstance(found, dict) and isinstance(expected, dict):
         lines = []
@@ -138,7 +129,7 @@ def settings_mismatches(found: Mapping[str, Any], expected: Mapping[str, Any]) -
     """One line per setting that differs between ``found`` (a features.json's) and
     ``expected``; nested settings by dotted keys (``weights.rgb.sha256``, ``flow.scales``);
     numbers by value (25 == 25.0); the weights' paths are not compared."""
-    return _diff(_without_paths(found), _without_paths(expected), "")
+    return _diff(without_weight_paths(found), without_weight_paths(expected), "")
 
 
 def check_features_json(folder: str | os.PathLike, **expected: Any) -> dict[str, Any]:
