@@ -457,13 +457,20 @@ def test_a_seed_sweep_of_the_default_run(tmp_path):
 @pytest.mark.slow
 def test_a_sweep_over_seeds_and_mu_gives_a_row_per_mu(tmp_path):
     sweep = _sweep(tmp_path, ["seed=0,1", "model.loss.mu=0.3,0.5"])
+    # the multirun: one finished job per combination, each with its values
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    assert all((j / "metrics.json").is_file() for j in jobs)
+    seen = {
+        (yaml.safe_load((j / "config_resolved.yaml").read_text())["seed"], _mu(j)) for j in jobs
+    }
+    assert seen == {(0, 0.3), (0, 0.5), (1, 0.3), (1, 0.5)}
     out = tmp_path / "t.json"
     res = _salad_aggregate(str(sweep), "--reference", "model.loss.mu=0.5", "--json", str(out))
     assert res.returncode == 0, res.stderr
     table = json.loads(out.read_text())
     assert table["row_keys"] == ["model.loss.mu"]
     assert [r["label"] for r in table["rows"]] == ["model.loss.mu=0.3", "model.loss.mu=0.5"]
-    jobs = [p for p in sweep.iterdir() if p.is_dir()]
     for row in table["rows"]:
         mu = float(row["label"].split("=")[1])
         mine = [j for j in jobs if _mu(j) == mu]

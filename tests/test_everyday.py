@@ -129,8 +129,9 @@ def _base(root: Path) -> list[str]:
 
 def test_a_killed_run_resumes_in_its_folder_and_ends_as_an_uninterrupted_one(tmp_path):
     env = {"PYTHONPATH": TESTS}
-    full = run_cli(_base(tmp_path / "full"), cwd=tmp_path, env=env)
-    assert full.returncode == 0, full.stderr[-3000:]
+    # the uninterrupted run, in this process (the same config, the killer idle)
+    full = compose_cfg(tmp_path / "full", _base(tmp_path / "full"))
+    run_pipeline(full)
     killed = run_cli(
         _base(tmp_path / "part"), cwd=tmp_path, env={**env, "SALAD_KILL_AT_EPOCH": "3"}
     )
@@ -141,7 +142,7 @@ def test_a_killed_run_resumes_in_its_folder_and_ends_as_an_uninterrupted_one(tmp
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert list((tmp_path / "part" / "logs" / "runs").iterdir()) == [run]  # one run, one folder
     assert "dirpath has changed" not in resumed.stderr
-    [ref] = list((tmp_path / "full" / "logs" / "runs").iterdir())
+    ref = Path(full.paths.output_dir)
     best = sorted(p.name for p in (run / "checkpoints").glob("best-*.ckpt"))
     assert best == sorted(p.name for p in (ref / "checkpoints").glob("best-*.ckpt"))
     assert len(best) == 1

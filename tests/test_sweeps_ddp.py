@@ -1,4 +1,5 @@
-"""Multirun sweeps, the Optuna search and DDP on 2 CPU processes, through the real CLI."""
+"""The Optuna search and DDP on 2 CPU processes, through the real CLI (a multirun grid:
+tests/test_aggregate.py)."""
 
 from __future__ import annotations
 
@@ -20,28 +21,6 @@ def _base(tmp_path: Path, cache: Path | None = None) -> list[str]:
     return [f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache}", *TINY]
 
 
-def test_multirun_over_lambda1_and_mu_runs_four_jobs(tmp_path):
-    res = run_cli(
-        [
-            "-m",
-            *_base(tmp_path),
-            "model.loss.lambda1=0.5,1",
-            "model.loss.mu=0.3,0.5",
-            "trainer.max_epochs=1",
-        ],
-        cwd=tmp_path,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    jobs = sorted((tmp_path / "logs" / "multiruns").glob("*/[0-9]*"))
-    assert len(jobs) == 4, jobs
-    seen = set()
-    for job in jobs:
-        assert (job / "metrics.json").is_file()
-        cfg = yaml.safe_load((job / "config_resolved.yaml").read_text())
-        seen.add((cfg["model"]["loss"]["lambda1"], cfg["model"]["loss"]["mu"]))
-    assert seen == {(0.5, 0.3), (0.5, 0.5), (1.0, 0.3), (1.0, 0.5)}
-
-
 def test_optuna_search_runs_and_returns_the_objective(tmp_path):
     res = run_cli(
         ["-m", "hparams_search=salad_optuna", "hydra.sweeper.n_trials=2", *_base(tmp_path)],
@@ -61,34 +40,47 @@ def test_optuna_search_runs_and_returns_the_objective(tmp_path):
     assert best["best_value"] == pytest.approx(max(trial_values), abs=1e-9)
 
 
+# validating and testing on the training videos gives a tiny model a non-zero mAP to
+# compare within a few epochs
+DDP_DATA = [
+    "dataset.generate.num_train_videos=14",
+    "dataset.datamodule.val_subset=Validation",
+    "dataset.datamodule.test_subset=Validation",
+]
+DDP_TRAIN = [
+    "trainer=ddp_cpu",
+    "trainer.max_epochs=6",
+    "model.cls_pretrain_epochs=1",  # the heads that sit out must not stall DDP
+    "test_after_training=false",
+    *DDP_DATA,
+]
+
+
+def _ddp_train(root: Path, cache: Path, extra: list[str] = ()) -> Path:
+    """Two gloo processes train (`DDP_TRAIN`); the run's folder."""
+    res = run_cli([*DDP_TRAIN, *_base(root, cache=cache), *extra], cwd=root.parent)
+    assert res.returncode == 0, res.stderr[-3000:]
+    [run] = list((root / "logs" / "runs").iterdir())
+    return run
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> tuple[Path, Path]:
+    """One two-process training run, shared by the tests below: its folder and the
+    data's cache."""
+    root = tmp_path_factory.mktemp("ddp") / "auto"
+    return _ddp_train(root, root.parent / "cache"), root.parent / "cache"
+
+
 @pytest.mark.ddp
-def test_ddp_cpu_trains_and_evaluates_as_one_process(tmp_path):
+def test_ddp_cpu_trains_and_evaluates_as_one_process(ddp_run, tmp_path):
     """Two gloo processes train, then test the checkpoint: the validation mAP, the test
     metrics, results.json and the diagnosis equal one process's on the same checkpoint.
     (Uneven splits and repeated videos: tests/test_metric_ddp.py, on the store itself.)"""
-    data = [
-        "dataset.generate.num_train_videos=14",
-        # validating and testing on the training videos gives a tiny model a non-zero
-        # mAP to compare within a few epochs
-        "dataset.datamodule.val_subset=Validation",
-        "dataset.datamodule.test_subset=Validation",
-    ]
-    res = run_cli(
-        [
-            "trainer=ddp_cpu",
-            *_base(tmp_path),
-            "trainer.max_epochs=6",
-            "model.cls_pretrain_epochs=1",  # the heads that sit out must not stall DDP
-            "test_after_training=false",
-            *data,
-        ],
-        cwd=tmp_path,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    runs = list((tmp_path / "logs" / "runs").glob("*/metrics.json"))
-    assert len(runs) == 1
-    ddp_val = json.loads(runs[0].read_text())["val"]["val/mAP"]
-    ckpt = runs[0].parent / "checkpoints" / "last.ckpt"
+    run, cache = ddp_run
+    ddp_val = json.loads((run / "metrics.json").read_text())["val"]["val/mAP"]
+    ckpt = run / "checkpoints" / "last.ckpt"
+    data = [*DDP_DATA, f"paths.cache_dir={cache}"]
     cfg = compose_cfg(tmp_path / "single", ["mode=validate", f"ckpt_path={ckpt}", *data])
     single = run_pipeline(cfg)["val"]["val/mAP"]
     assert ddp_val > 0.0
@@ -100,8 +92,8 @@ def test_ddp_cpu_trains_and_evaluates_as_one_process(tmp_path):
     data.append("dataset.datamodule.eval_batch_size=1")
     ddp_root = tmp_path / "ddp_test"
     res = run_cli(
-        ["trainer=ddp_cpu", *_base(ddp_root, cache=tmp_path / "cache"), "mode=test",
-         f"ckpt_path={ckpt}", *data],
+        ["trainer=ddp_cpu", *_base(ddp_root, cache=cache), "mode=test", f"ckpt_path={ckpt}",
+         *data],
         cwd=tmp_path,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
@@ -121,28 +113,16 @@ def test_ddp_cpu_trains_and_evaluates_as_one_process(tmp_path):
 
 
 @pytest.mark.ddp
-def test_ddp_cpu_manual_optimisation_equals_automatic(tmp_path):
+def test_ddp_cpu_manual_optimisation_equals_automatic(ddp_run, tmp_path):
     """`model.cuda_graph=true` switches to manual optimisation (its steps run eagerly on the
     CPU): under DDP it ends with the automatic loop's weights and optimiser state, bit for
     bit, through a classification pre-training epoch."""
-    states = []
-    for name, extra in (("auto", []), ("manual", ["model.cuda_graph=true"])):
-        root = tmp_path / name
-        res = run_cli(
-            [
-                "trainer=ddp_cpu",
-                *_base(root, cache=tmp_path / "cache"),
-                "trainer.max_epochs=3",
-                "model.cls_pretrain_epochs=1",
-                "test_after_training=false",
-                *extra,
-            ],
-            cwd=tmp_path,
-        )
-        assert res.returncode == 0, res.stderr[-3000:]
-        ckpt = next((root / "logs" / "runs").glob("*/checkpoints/last.ckpt"))
-        states.append(torch.load(ckpt, map_location="cpu", weights_only=False))
-    auto, manual = states
+    auto_run, cache = ddp_run
+    manual_run = _ddp_train(tmp_path / "manual", cache, ["model.cuda_graph=true"])
+    auto, manual = (
+        torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        for run in (auto_run, manual_run)
+    )
     assert manual["global_step"] == auto["global_step"] > 0
     assert auto["state_dict"].keys() == manual["state_dict"].keys()
     for k, v in auto["state_dict"].items():
@@ -156,9 +136,9 @@ def test_ddp_cpu_manual_optimisation_equals_automatic(tmp_path):
 @pytest.mark.ddp
 def test_ddp_cpu_predict_writes_every_video(tmp_path):
     base = _base(tmp_path)
-    res = run_cli([*base, "trainer.max_epochs=1", "test_after_training=false"], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    ckpt = next((tmp_path / "logs" / "runs").glob("*/checkpoints/last.ckpt"))
+    trained = compose_cfg(tmp_path / "train", [*base, "test_after_training=false"])
+    run_pipeline(trained)  # one epoch, in this process
+    ckpt = Path(trained.paths.output_dir) / "checkpoints" / "last.ckpt"
     features = tmp_path / "cache" / "synthetic_tiny_seed0" / "features"
     dest = tmp_path / "pred.json"
     res = run_cli(
