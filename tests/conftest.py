@@ -59,10 +59,12 @@ def clip_length(duration: float, fps: float, stride: int = 4, window: int = 16) 
     return max(1, (int(duration * fps) - window) // stride + 1)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """A test that uses a module-scoped fixture (a trained run, a built wheel, generated
     videos) joins its module's ``xdist_group``: under ``make test`` (``-n 2 --dist
-    loadgroup``) the fixture is made once, on one worker, instead of once per worker."""
+    loadgroup``) the fixture is made once, on one worker, instead of once per worker.
+    First among the hooks: pytest-xdist reads the groups in its own, into the test ids."""
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         defs = info.name2fixturedefs.values() if info is not None else ()
