@@ -13,7 +13,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from _runcfg import TINY, compose_cfg, run_cli
-from salad_lightning.ema import LightningEMA, SmallEMA, averaged_state, ema_avg_fn, weight_ema
+from salad_lightning.ema import (
+    LightningEMA,
+    SmallEMA,
+    averaged_state,
+    ema_avg_fn,
+    evaluated_weights,
+    weight_ema,
+)
 from salad_lightning.pipeline import run as run_pipeline
 
 IMPLEMENTATIONS = [c for c in (LightningEMA, SmallEMA) if c is not None]
@@ -92,6 +99,43 @@ def test_the_average_is_the_hand_computed_one(tmp_path, cls, manual):
     assert averaged_state(callback)["w"].tolist() == [-3.125]
     # after fitting, the module holds the average (Lightning's rule)
     assert module.w.tolist() == [-3.125]
+
+
+class SeenAtEpochEnd(pl.Callback):
+    """Records w inside `evaluated_weights` at each training epoch's end (as the train
+    fit evaluates), and after it."""
+
+    def __init__(self) -> None:
+        self.inside: list[float] = []
+        self.after: list[float] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        with evaluated_weights(trainer, pl_module):
+            self.inside.append(float(pl_module.w))
+        self.after.append(float(pl_module.w))
+
+
+@pytest.mark.parametrize("cls", IMPLEMENTATIONS, ids=lambda c: c.__name__)
+def test_the_weights_evaluated_between_validations_are_the_average(tmp_path, cls):
+    """`evaluated_weights` (the train fit's): the average inside the block, the raw
+    weights back after it, so that training goes on from them; the module's own weights
+    without an EMA callback."""
+
+    def fit(*callbacks) -> Descent:
+        module = Descent()
+        pl.Trainer(
+            max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+            enable_model_summary=False, num_sanity_val_steps=0, enable_checkpointing=False,
+            callbacks=list(callbacks), default_root_dir=tmp_path,
+        ).fit(module)  # fmt: skip
+        return module
+
+    seen, plain = SeenAtEpochEnd(), SeenAtEpochEnd()
+    module = fit(cls(decay=0.5), seen)
+    assert seen.inside == [-1.5, -3.125] and seen.after == [-2.0, -4.0]
+    assert module.seen_in_validation == [-1.5, -3.125]  # the same weights validation saw
+    fit(plain)
+    assert plain.inside == plain.after == [-2.0, -4.0]
 
 
 @pytest.mark.parametrize("cls", IMPLEMENTATIONS, ids=lambda c: c.__name__)

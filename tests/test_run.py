@@ -236,18 +236,28 @@ def test_thumos_layout_runs_one_epoch(tmp_path, thumos_folder, caplog):
     assert json.loads(metrics[0].read_text())["test/mAP@0.5"] == summary["test/mAP@0.5"]
 
 
-def test_the_train_fit_is_logged_every_n_epochs_and_equals_a_test_on_those_videos(tmp_path):
+@pytest.mark.parametrize(
+    "averaging", [[], ["callbacks=ema", "callbacks.ema.decay=0.9"]], ids=["raw", "ema"]
+)
+def test_the_train_fit_is_logged_every_n_epochs_and_equals_a_test_on_those_videos(
+    tmp_path, averaging
+):
     """callbacks.train_fit: train/mAP every N epochs and at the last one, in the CSV log
     and metrics.json; its last value is the last checkpoint's mAP on those videos, as
-    `mode=test` on them gives it (here the sample holds every training video)."""
+    `mode=test` on them gives it (here the sample holds every training video). With a
+    weight average (callbacks=ema), the average's, which the checkpoint holds."""
     import csv
 
     data = ["dataset.datamodule.val_subset=Validation", "test_after_training=false"]
     summary, out = _train(
         tmp_path,
         [*data, "trainer.max_epochs=5", "callbacks.train_fit.every_n_epochs=2",
-         "callbacks.train_fit.videos=100", "model.optimizer.lr=0.01"],
+         "callbacks.train_fit.videos=100", "model.optimizer.lr=0.01", *averaging],
     )  # fmt: skip
+    if averaging:  # the average is not the raw weights: the two evaluations could differ
+        ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        raw, average = ckpt["current_model_state"], ckpt["state_dict"]
+        assert any(not torch.equal(raw[k], average[k]) for k in raw)
     with open(out / "csv" / "metrics.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r.get("train/mAP")]
     assert [int(r["epoch"]) for r in rows] == [1, 3, 4]  # every 2 epochs, and the last

@@ -32,7 +32,8 @@ raw weights; here that happens only when fitting (resuming).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from typing import Any
 
@@ -51,7 +52,14 @@ except ImportError:  # pragma: no cover - the installed version has it
 # the callbacks' key in a checkpoint: either callback resumes the other's runs
 STATE_KEY = "WeightEMA"
 
-__all__ = ["LightningEMA", "SmallEMA", "averaged_state", "ema_avg_fn", "weight_ema"]
+__all__ = [
+    "LightningEMA",
+    "SmallEMA",
+    "averaged_state",
+    "ema_avg_fn",
+    "evaluated_weights",
+    "weight_ema",
+]
 
 
 def ema_avg_fn(decay: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
@@ -253,6 +261,29 @@ def weight_ema(
         update_every_n_steps=update_every_n_steps,
         update_starting_at_step=update_starting_at_step,
     )
+
+
+@contextmanager
+def evaluated_weights(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
+    """The weights the run validates and checkpoints, in ``pl_module`` for the block:
+    with an EMA callback that holds an average, the average swapped in (in place, as for
+    validation) and back out after; without one, the module's own weights."""
+    kinds = tuple(k for k in (SmallEMA, LightningEMA) if k is not None)
+    found = [
+        cb
+        for cb in trainer.callbacks
+        if isinstance(cb, kinds) and getattr(cb, "_average_model", None) is not None
+    ]
+    if not found:
+        yield
+        return
+    ema = found[0]
+    swap = ema._swap if isinstance(ema, SmallEMA) else ema._swap_models
+    swap(pl_module)
+    try:
+        yield
+    finally:
+        swap(pl_module)
 
 
 def averaged_state(callback: pl.Callback) -> dict[str, torch.Tensor]:

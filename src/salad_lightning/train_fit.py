@@ -7,7 +7,8 @@ across processes, matched once), and logs ``train/mAP@t``, ``train/mAP`` and
 ``train/ece``. A train fit far above the validation and test mAP says the model
 overfits; a low one says it has not fit its data yet (undertrained, or too small).
 The last value belongs to the last epoch's weights, the checkpoint a run tests
-(``metrics.json``'s ``train`` entry).
+(``metrics.json``'s ``train`` entry). With a weight average (``callbacks=ema``) the
+average is evaluated, as validation and the checkpoints use it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+
+from salad_lightning.ema import evaluated_weights
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ class TrainFit(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), evaluated_weights(trainer, pl_module):
                 for batch in loader:
                     batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
                     pl_module.store_batch("train", batch)
