@@ -480,3 +480,23 @@ def test_a_sweep_over_seeds_and_mu_gives_a_row_per_mu(tmp_path):
     assert table["reference"] == "model.loss.mu=0.5"
     assert [p["key"] for p in table["paired"]] == ["model.loss.mu=0.3"] * 2
     assert "Paired with model.loss.mu=0.5, seed by seed" in res.stdout
+
+
+def test_the_ranking_names_a_class_path_row_by_its_class():
+    """Rows keyed by ``model._target_`` (Table 2: SALAD, SALAD + P-GCN) are ranked by class
+    name; numbers, sweeps of several keys and other values as they are."""
+    rows = [
+        sweeps.Row(key=k, label=k, seeds=(0,), mean={}, std={}, paper=None)
+        for k in (
+            "salad_lightning.lit_module.SaladLitModule",
+            "salad_lightning.pgcn.module.PGCNLitModule",
+            "0.5,0.1",
+            "model.loss.mu=0.3",
+            "normalized_product",
+        )
+    ]
+    values = {r.key: v for r, v in zip(rows, (44.33, 73.52, 40.0, 39.0, 41.83))}
+    assert aggregate._ranking(rows, values) == (
+        "PGCNLitModule (73.52) > SaladLitModule (44.33) > normalized_product (41.83) > "
+        "0.5,0.1 (40.00) > model.loss.mu=0.3 (39.00)"
+    )

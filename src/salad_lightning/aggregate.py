@@ -168,9 +168,18 @@ def _cell(m: float, s: float) -> str:
     return f"{m:.2f}" if math.isnan(s) else f"{m:.2f} ± {s:.2f}"
 
 
+def _short(key: str) -> str:
+    """A row key as the ranking names it: a class path (a ``_target_``'s value) by its
+    class, ``salad_lightning.pgcn.module.PGCNLitModule`` -> ``PGCNLitModule``."""
+    parts = key.split(".")
+    if len(parts) > 2 and all(p.isidentifier() for p in parts):
+        return parts[-1]
+    return key
+
+
 def _ranking(rows: list[Row], values: dict[str, float]) -> str:
     ranked = sorted(rows, key=lambda r: (-values[r.key], r.key))
-    return " > ".join(f"{r.key} ({values[r.key]:.2f})" for r in ranked)
+    return " > ".join(f"{_short(r.key)} ({values[r.key]:.2f})" for r in ranked)
 
 
 def _train_fit_lines(rows: list[Row], seeds: list[int]) -> list[str]:
