@@ -119,6 +119,13 @@ def test_write_plots(tmp_path):
         width, height = png_size(path)
         assert 400 <= width <= 2000 and 300 <= height <= 2000, (key, width, height)
     assert images["timeline/half"].name == "timeline_half.png"
+    # a second report into the folder (a resumed run tests again): its timelines alone
+    again = plots.write_plots(result, ["Jump"], tmp_path, num_timelines=1)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "reliability.png",
+        "timeline_half.png",
+    ]
+    assert list(again) == ["timeline/half", "calibration/reliability"]
     empty, _ = evaluation([video("none", [(0, 10)], [])])
     assert plots.write_plots(empty, [], tmp_path / "x", num_timelines=0) == {}
 

@@ -249,7 +249,8 @@ def write_plots(
     tiou: float = 0.5,
 ) -> dict[str, Path]:
     """Timelines of the best, median and worst videos of ``evaluation`` and the
-    reliability diagram of its scores, all from its matching.
+    reliability diagram of its scores, all from its matching. Timelines of other videos
+    in ``out_dir`` (an earlier report's) are removed.
 
     Returns key -> PNG path (``timeline/<video_id>``, ``calibration/reliability``).
     """
@@ -268,6 +269,8 @@ def write_plots(
             plot_timeline(video, truths[i], class_names, path, true_positive=flags,
                           ap=float(aps[i]), caption=caption, tiou=tiou)  # fmt: skip
             images[f"timeline/{video.video_id}"] = path
+    for stale in set(out_dir.glob("timeline_*.png")) - set(images.values()):
+        stale.unlink()  # an earlier test's (a resumed run's first): its videos differ
     if evaluation.num_detections and evaluation.scores_are_probabilities:
         path = out_dir / "reliability.png"
         plot_reliability(evaluation.confidences, evaluation.correct, path, n_bins=evaluation.n_bins)
