@@ -305,3 +305,17 @@ def test_a_submitit_sweep_writes_into_its_launchers_folder(tmp_path):
     [sweep] = list((tmp_path / "logs" / "multiruns").iterdir())
     assert (sweep / ".submitit").is_dir() and (sweep / "multirun.yaml").is_file()
     assert all((sweep / job / "metrics.json").is_file() for job in ("0", "1"))
+
+
+@pytest.mark.parametrize("mode", ["check", "export_alpha", "proposals"])
+def test_the_modes_without_a_trainer_run_on_global_rank_zero_alone(no_launcher, tmp_path, mode):
+    """Launched as rank 1 of a torchrun job, a mode that one process does returns at once
+    and writes nothing (rank 0 does it); `mode=check` as rank 0 writes its report."""
+    for key, value in {"TORCHELASTIC_RUN_ID": "job7", "WORLD_SIZE": "2", "RANK": "1"}.items():
+        no_launcher.setenv(key, value)
+    cfg = compose_cfg(tmp_path / "one", [f"mode={mode}", "ckpt_path=/nowhere/last.ckpt"])
+    assert run_pipeline(cfg) is None
+    assert not (tmp_path / "one").exists()  # not even the data
+    no_launcher.setenv("RANK", "0")
+    cfg = compose_cfg(tmp_path / "zero", ["mode=check"])
+    assert run_pipeline(cfg)["splits"] and (tmp_path / "zero" / "run" / "data_report.json").is_file()

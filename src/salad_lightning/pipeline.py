@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 from tqdm import tqdm
 
+from salad_lightning.config import launch_rank
 from salad_lightning.data.report import format_report
 from salad_lightning.losses import frozen
 from salad_lightning.pgcn.data import SPLIT_FILES
@@ -266,6 +267,11 @@ MODES = {
 }
 
 
+# the modes without a Trainer: one process does them; in a job launched with several
+# (torchrun, srun), global rank 0, and the others leave it (each would write the same)
+ONE_PROCESS = ("check", "export_alpha", "proposals")
+
+
 def finished(cfg: DictConfig) -> Path | None:
     """What a finished run of this mode left in its folder (``metrics.json`` of train,
     test and validate, the alpha of export_alpha), if it is there."""
@@ -283,6 +289,10 @@ def run(cfg: DictConfig) -> Any:
     mode = cfg.get("mode", "train")
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {sorted(MODES)}")
+    if mode in ONE_PROCESS and launch_rank() != 0:
+        log.info("mode=%s runs in one process: global rank %d leaves it to rank 0", mode,
+                 launch_rank())  # fmt: skip
+        return None
     done = finished(cfg) if cfg.get("skip_finished") else None
     if done is not None:  # a sweep resumed: this job finished before
         log.info("skip_finished: %s is there; this job is not run again", done)
