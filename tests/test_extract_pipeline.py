@@ -43,7 +43,7 @@ from salad_lightning.extract import (  # noqa: E402
 )
 from salad_lightning.extract.cli import main as cli_main  # noqa: E402
 from salad_lightning.extract.flow import TVL1Flow, frames_with_flow  # noqa: E402
-from salad_lightning.extract.geometry import SliceChunker  # noqa: E402
+from salad_lightning.extract.geometry import SliceChunker, settings_mismatches  # noqa: E402
 from salad_lightning.extract.video import ResampledVideo  # noqa: E402
 from test_extract_video import square_frame, write_video  # noqa: E402
 
@@ -297,3 +297,16 @@ def test_a_missing_video_library_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
     with pytest.raises(ImportError, match=r"pip install salad-lightning\[video\]"):
         list(ResampledVideo(tmp_path / "any.mp4"))
+
+
+def test_settings_mismatches_name_each_nested_key_and_the_absent_ones():
+    found = {"fps": 25, "stride": 16, "flow": {"scales": 5}, "crop": "center",
+             "weights": {"rgb": {"path": "/a/rgb.pt", "sha256": "a" * 8}}}  # fmt: skip
+    expected = {"fps": 25.0, "stride": 16, "flow": {"scales": 3, "tau": 0.25},
+                "weights": {"rgb": {"path": "/b/rgb.pt", "sha256": "a" * 8}}, "size": 224}  # fmt: skip
+    assert settings_mismatches(found, expected) == [
+        "crop: 'center' in features.json, now absent",
+        "flow.scales: 5 in features.json, now 3",
+        "flow.tau: absent in features.json, now 0.25",
+        "size: absent in features.json, now 224",
+    ]  # numbers by value (25 == 25.0); the weights' paths are not compared

@@ -318,4 +318,6 @@ def test_the_modes_without_a_trainer_run_on_global_rank_zero_alone(no_launcher, 
     assert not (tmp_path / "one").exists()  # not even the data
     no_launcher.setenv("RANK", "0")
     cfg = compose_cfg(tmp_path / "zero", ["mode=check"])
-    assert run_pipeline(cfg)["splits"] and (tmp_path / "zero" / "run" / "data_report.json").is_file()
+    assert (
+        run_pipeline(cfg)["splits"] and (tmp_path / "zero" / "run" / "data_report.json").is_file()
+    )

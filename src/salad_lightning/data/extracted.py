@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,16 +150,32 @@ def _without_paths(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in without_weight_paths(record).items() if k not in _NOT_COMPARED}
 
 
-def _diff(trained: Any, now: Any, key: str) -> list[str]:
-    if isinstance(trained, dict) and isinstance(now, dict):
+ABSENT = object()  # a key one side of `nested_differences` lacks (its `missing` default)
+
+
+def nested_differences(
+    a: Any, b: Any, line: Callable[[str, Any, Any], str], *, key: str = "",
+    missing: Any = ABSENT,
+) -> list[str]:  # fmt: skip
+    """One ``line(key, a's value, b's value)`` per setting in which ``a`` and ``b`` differ;
+    nested dicts by dotted keys (``weights.rgb.sha256``), numbers by value (25 == 25.0),
+    a key that one side lacks given as ``missing`` there."""
+    if isinstance(a, dict) and isinstance(b, dict):
         lines = []
-        for k in sorted(set(trained) | set(now)):
+        for k in sorted(set(a) | set(b)):
             inner = f"{key}.{k}" if key else str(k)
-            lines += _diff(trained.get(k), now.get(k), inner)
+            lines += nested_differences(
+                a.get(k, missing), b.get(k, missing), line, key=inner, missing=missing
+            )
         return lines
-    if _number(trained) == _number(now):
-        return []
-    return [f"{key}: {trained!r} for the checkpoint, {now!r} here"]
+    return [] if _number(a) == _number(b) else [line(key, a, b)]
+
+
+def _diff(trained: Any, now: Any, key: str) -> list[str]:
+    return nested_differences(
+        trained, now, lambda k, t, n: f"{k}: {t!r} for the checkpoint, {n!r} here", key=key,
+        missing=None,
+    )  # fmt: skip
 
 
 def record_mismatches(trained: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from salad_lightning.data.extracted import without_weight_paths
+from salad_lightning.data.extracted import ABSENT, nested_differences, without_weight_paths
 from salad_lightning.data.mapping import TimeMapping
 
 __all__ = [
@@ -110,26 +110,19 @@ def geometry(meta: Mapping[str, Any]) -> FeatureGeometry:
     )
 
 
-def _diff(found: Any, expected: Any, key: str) -> list[str]:
-    if isinstance(found, dict) and isinstance(expected, dict):
-        lines = []
-        for k in sorted(set(found) | set(expected)):
-            inner = f"{key}.{k}" if key else str(k)
-            if k not in found:
-                lines.append(f"{inner}: absent in features.json, now {expected[k]!r}")
-            elif k not in expected:
-                lines.append(f"{inner}: {found[k]!r} in features.json, now absent")
-            else:
-                lines += _diff(found[k], expected[k], inner)
-        return lines
-    return [] if found == expected else [f"{key}: {found!r} in features.json, now {expected!r}"]
+def _line(key: str, found: Any, expected: Any) -> str:
+    if found is ABSENT:
+        return f"{key}: absent in features.json, now {expected!r}"
+    if expected is ABSENT:
+        return f"{key}: {found!r} in features.json, now absent"
+    return f"{key}: {found!r} in features.json, now {expected!r}"
 
 
 def settings_mismatches(found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
     """One line per setting that differs between ``found`` (a features.json's) and
     ``expected``; nested settings by dotted keys (``weights.rgb.sha256``, ``flow.scales``);
     numbers by value (25 == 25.0); the weights' paths are not compared."""
-    return _diff(without_weight_paths(found), without_weight_paths(expected), "")
+    return nested_differences(without_weight_paths(found), without_weight_paths(expected), _line)
 
 
 def check_features_json(folder: str | os.PathLike, **expected: Any) -> dict[str, Any]:
