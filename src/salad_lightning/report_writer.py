@@ -26,7 +26,7 @@ class ReportWriter(pl.Callback):
 
     The module offers ``evaluation(split)`` (its store's result, matched once) and
     ``class_names`` (`salad_lightning.detector.DetectorModule`). ``diagnosis``,
-    ``num_timelines`` and ``min_score``: `write_report`'s.
+    ``num_timelines``, ``min_score`` and ``video_fusion``: `write_report`'s.
     """
 
     def __init__(
@@ -37,12 +37,14 @@ class ReportWriter(pl.Callback):
         num_timelines: int = 4,
         predict_path: str | Path | None = None,
         min_score: float | None = None,
+        video_fusion: Mapping[str, Any] | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.options = {
             "diagnosis": dict(diagnosis) if diagnosis is not None else None,
             "num_timelines": int(num_timelines),
             "min_score": min_score,
+            "video_fusion": dict(video_fusion) if video_fusion is not None else None,
         }
         self.predict_path = Path(predict_path) if predict_path else self.out_dir / "results.json"
         self.summary: dict[str, Any] | None = None  # the last test epoch's

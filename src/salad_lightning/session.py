@@ -407,16 +407,17 @@ def session(
     for ``stages``; loggers closed however it ends."""
     datamodule, model, out_dir = prepare(cfg, ckpt, stages)
     log.info("run folder: %s", out_dir.resolve())
+    # the report (metrics.json, the table) says which video-level fusion made the detections
+    fusion = getattr(model, "video_fusion", None)
+    test_ids = _split_video_ids(datamodule, "test") if fusion is not None else None
     writer = ReportWriter(
         out_dir,
         diagnosis=diagnosis_options(cfg.get("diagnosis")),
         num_timelines=int(cfg.get("num_timeline_plots", 4)),
         predict_path=cfg.get("predict_output"),
         min_score=cfg.get("postprocess", {}).get("min_score"),
+        video_fusion=fusion.describe(test_ids) if fusion is not None else None,
     )
-    fusion = getattr(model, "video_fusion", None)
-    if fusion is not None:  # the report (metrics.json, the table) says which fusion made it
-        writer.options["video_fusion"] = fusion.describe(_split_video_ids(datamodule, "test"))
     trainer, loggers = make_trainer(cfg, fitting=fitting, callbacks=[writer])
     with closing_loggers(loggers):
         yield Run(datamodule, model, trainer, loggers, writer, out_dir)
