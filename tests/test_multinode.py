@@ -321,3 +321,23 @@ def test_the_modes_without_a_trainer_run_on_global_rank_zero_alone(no_launcher, 
     assert (
         run_pipeline(cfg)["splits"] and (tmp_path / "zero" / "run" / "data_report.json").is_file()
     )
+
+
+def test_a_run_ends_its_process_group(tmp_path):
+    """`end_process_group`, which every run calls when its mode returns: the group is
+    closed (one gloo process here; the DDP and two-node tests run it with two), and
+    without a group it does nothing."""
+    import torch.distributed as dist
+
+    from salad_lightning.pipeline import end_process_group
+
+    end_process_group()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)  # fmt: skip
+    try:
+        assert dist.is_initialized()
+        end_process_group()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -285,6 +285,17 @@ def finished(cfg: DictConfig) -> Path | None:
     return path if path.is_file() else None
 
 
+def end_process_group() -> None:
+    """The processes of a distributed run (DDP, torchrun) end together: they wait for each
+    other (rank 0 may still be writing the report) and close their process group. Left
+    to the interpreter's shutdown, gloo's threads can abort a process that exits first
+    ("terminate called without an active exception"), and Lightning then kills the
+    others. Nothing to do in a single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def run(cfg: DictConfig) -> Any:
     mode = cfg.get("mode", "train")
     if mode not in MODES:
@@ -297,4 +308,6 @@ def run(cfg: DictConfig) -> Any:
     if done is not None:  # a sweep resumed: this job finished before
         log.info("skip_finished: %s is there; this job is not run again", done)
         return json.loads(done.read_text()) if done.suffix == ".json" else done
-    return MODES[mode](cfg)
+    result = MODES[mode](cfg)
+    end_process_group()
+    return result
