@@ -197,18 +197,27 @@ class SmallEMA(pl.Callback):
 
     def _pairs(self, pl_module: pl.LightningModule):
         assert self._average_model is not None
-        module = self._average_model.module
-        return zip(
-            itertools.chain(module.parameters(), module.buffers()),
-            itertools.chain(pl_module.parameters(), pl_module.buffers()),
-        )
+        return _pairs(self._average_model, pl_module)
 
     def _swap(self, pl_module: pl.LightningModule) -> None:
-        # in place (`.data.copy_`): the tensors CUDA graphs captured keep their addresses
-        for average, current in self._pairs(pl_module):
-            kept = average.data.clone()
-            average.data.copy_(current.data)
-            current.data.copy_(kept)
+        assert self._average_model is not None
+        _swap(self._average_model, pl_module)
+
+
+def _pairs(average_model: AveragedModel, pl_module: pl.LightningModule):
+    module = average_model.module
+    return zip(
+        itertools.chain(module.parameters(), module.buffers()),
+        itertools.chain(pl_module.parameters(), pl_module.buffers()),
+    )
+
+
+def _swap(average_model: AveragedModel, pl_module: pl.LightningModule) -> None:
+    # in place (`.data.copy_`): the tensors CUDA graphs captured keep their addresses
+    for average, current in _pairs(average_model, pl_module):
+        kept = average.data.clone()
+        average.data.copy_(current.data)
+        current.data.copy_(kept)
 
 
 if EMAWeightAveraging is not None:
@@ -269,21 +278,19 @@ def evaluated_weights(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Ite
     with an EMA callback that holds an average, the average swapped in (in place, as for
     validation) and back out after; without one, the module's own weights."""
     kinds = tuple(k for k in (SmallEMA, LightningEMA) if k is not None)
-    found = [
-        cb
+    averages = [
+        cb._average_model
         for cb in trainer.callbacks
-        if isinstance(cb, kinds) and getattr(cb, "_average_model", None) is not None
+        if isinstance(cb, kinds) and cb._average_model is not None
     ]
-    if not found:
+    if not averages:
         yield
         return
-    ema = found[0]
-    swap = ema._swap if isinstance(ema, SmallEMA) else ema._swap_models
-    swap(pl_module)
+    _swap(averages[0], pl_module)
     try:
         yield
     finally:
-        swap(pl_module)
+        _swap(averages[0], pl_module)
 
 
 def averaged_state(callback: pl.Callback) -> dict[str, torch.Tensor]:
