@@ -148,15 +148,15 @@ class SmallEMA(pl.Callback):
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._average_model is not None:
-            self._swap(pl_module)
+            _swap(self._average_model, pl_module)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._average_model is not None:
-            self._swap(pl_module)
+            _swap(self._average_model, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self._average_model is not None
-        for average, current in self._pairs(pl_module):
+        for average, current in _pairs(self._average_model, pl_module):
             current.data.copy_(average.data)
 
     def state_dict(self) -> dict[str, Any]:
@@ -194,14 +194,6 @@ class SmallEMA(pl.Callback):
             self._average_model.module.load_state_dict(
                 deepcopy(checkpoint["state_dict"]), strict=False
             )
-
-    def _pairs(self, pl_module: pl.LightningModule):
-        assert self._average_model is not None
-        return _pairs(self._average_model, pl_module)
-
-    def _swap(self, pl_module: pl.LightningModule) -> None:
-        assert self._average_model is not None
-        _swap(self._average_model, pl_module)
 
 
 def _pairs(average_model: AveragedModel, pl_module: pl.LightningModule):

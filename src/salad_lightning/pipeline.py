@@ -300,9 +300,9 @@ def run(cfg: DictConfig) -> Any:
     mode = cfg.get("mode", "train")
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {sorted(MODES)}")
-    if mode in ONE_PROCESS and launch_rank() != 0:
-        log.info("mode=%s runs in one process: global rank %d leaves it to rank 0", mode,
-                 launch_rank())  # fmt: skip
+    rank = launch_rank()
+    if mode in ONE_PROCESS and rank != 0:
+        log.info("mode=%s runs in one process: global rank %d leaves it to rank 0", mode, rank)
         return None
     done = finished(cfg) if cfg.get("skip_finished") else None
     if done is not None:  # a sweep resumed: this job finished before
